@@ -1,0 +1,1 @@
+//! The bundle the agent installs: lock file, artifact sources (embedded, HTTPS), digest checks.

@@ -1,0 +1,1 @@
+//! The Kubernetes half of the boot: staged server-side apply, secrets, Flux sync, readiness.

@@ -1,0 +1,16 @@
+//! bootstrap-agent: brings a Talos node from a freshly flashed disk to a cluster that Flux
+//! manages from Git, unattended.
+//!
+//! Data flows one way: configuration → plan → boot steps → status. See ARCHITECTURE.md.
+
+pub mod boot;
+pub mod bundle;
+pub mod cli;
+pub mod config;
+pub mod exit;
+pub mod kube;
+pub mod plan;
+pub mod seal;
+pub mod status;
+pub mod talos;
+pub mod tpm;

@@ -1,0 +1,1 @@
+//! TPM seed → age identity; decrypting the sealed inputs of the configuration.

@@ -1,0 +1,1 @@
+//! Builds and validates the bootstrap-agent Talos system extension image.

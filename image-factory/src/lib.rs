@@ -1,0 +1,1 @@
+//! Schematic IDs, the Image Factory client and the imager invocation.

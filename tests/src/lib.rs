@@ -1,0 +1,1 @@
+//! Stand-ins and harnesses shared by the end-to-end tests.
