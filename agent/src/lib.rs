@@ -7,6 +7,7 @@ pub mod boot;
 pub mod bundle;
 pub mod cli;
 pub mod config;
+pub mod duration;
 pub mod exit;
 pub mod kube;
 pub mod plan;
