@@ -59,7 +59,7 @@ locals {
       machine = {
         install = {
           disk  = var.install_disk
-          image = var.talos_installer_image
+          image = "${var.talos_installer_repository}:${var.talos_version}"
           wipe  = false
         }
         network = {
@@ -198,7 +198,7 @@ resource "proxmox_virtual_environment_vm" "talos" {
     # key. Remove this guard deliberately to rebuild from scratch.
     prevent_destroy = true
     # A new ISO or a changed TPM/EFI block must never turn into a replacement:
-    # Talos upgrades itself from talos_installer_image.
+    # Talos upgrades itself from the installer image (talos_installer_repository).
     ignore_changes = [tpm_state, efi_disk, cdrom]
 
     precondition {

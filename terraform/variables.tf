@@ -132,13 +132,13 @@ variable "talos_iso_path" {
   }
 }
 
-variable "talos_installer_image" {
-  description = "Installer image (built by image-factory/ with the same extensions and SecureBoot keys as the ISO) that Talos installs to disk and upgrades from."
+variable "talos_installer_repository" {
+  description = "Repository of the installer image built by image-factory/ (same extensions and SecureBoot keys as the ISO); Talos installs and upgrades from <repository>:<talos_version>."
   type        = string
-  default     = "ghcr.io/catinthehack/installer-secureboot:v1.14.0"
+  default     = "ghcr.io/catinthehack/installer-secureboot"
   validation {
-    condition     = can(regex("^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]+)?(@sha256:[a-f0-9]{64})?$", var.talos_installer_image)) && can(regex("(:[A-Za-z0-9._-]+|@sha256:[a-f0-9]{64})$", var.talos_installer_image))
-    error_message = "talos_installer_image must be a registry image reference with a tag or a digest."
+    condition     = can(regex("^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+$", var.talos_installer_repository))
+    error_message = "talos_installer_repository must be a registry repository without tag or digest (the tag is talos_version)."
   }
 }
 

@@ -10,8 +10,8 @@ Run it directly for a report:  python3 tests/homelab/homelab_check.py [ROOT]
 
 from __future__ import annotations
 
-import copy
 import functools
+from concurrent.futures import ThreadPoolExecutor
 import os
 import re
 import subprocess
@@ -150,14 +150,15 @@ def _source_index(root: Path) -> dict[tuple[str, str, str, str], str]:
     return index
 
 
-def build(root: Path, directory: Path) -> tuple[list[Obj], list[Finding]]:
+def build(root: Path, directory: Path, index: dict[tuple[str, str, str, str], str] | None = None) -> tuple[list[Obj], list[Finding]]:
     """`kubectl kustomize DIR`, each object tagged with the file it came from."""
     where = rel(root, directory / "kustomization.yaml")
     proc = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         detail = proc.stderr.strip().replace(str(directory.resolve()) + "/", "").replace(str(root.resolve()) + "/", "")
         return [], [Finding(where, f"kustomize build failed: {detail}")]
-    index = _source_index(root)
+    if index is None:
+        index = _source_index(root)
     objects = []
     for doc in yaml.safe_load_all(proc.stdout):
         if not isinstance(doc, dict):
@@ -177,10 +178,14 @@ class Tree:
 
 
 def load_tree(root: Path) -> Tree:
+    """Builds every kustomization (a few kubectl processes in parallel)."""
+    index = _source_index(root)
+    directories = kustomization_dirs(root)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda d: build(root, d, index), directories))
     seen: dict[tuple[str, str, str, str], Obj] = {}
     findings: list[Finding] = []
-    for directory in kustomization_dirs(root):
-        objects, problems = build(root, directory)
+    for objects, problems in results:
         findings += problems
         for obj in objects:
             seen.setdefault((obj.api_version, obj.kind, obj.namespace, obj.name), obj)
