@@ -135,10 +135,15 @@ resource "proxmox_virtual_environment_vm" "talos" {
   scsi_hardware   = "virtio-scsi-single"
   boot_order      = ["scsi0", "ide2"]
 
+  # Talos's qemu-guest-agent extension reports the DHCP lease of maintenance
+  # mode, which the first configuration is applied to.
   agent {
     enabled = true
     trim    = true
     timeout = "15m"
+    wait_for_ip {
+      ipv4 = true
+    }
   }
 
   cpu {

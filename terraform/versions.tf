@@ -4,7 +4,7 @@ terraform {
   required_providers {
     proxmox = {
       source  = "bpg/proxmox"
-      version = "0.103.0"
+      version = "0.111.1"
     }
     talos = {
       source  = "siderolabs/talos"
