@@ -161,6 +161,6 @@ def test_provider_missing_from_required_providers(copy, fixtures):
 
 
 def test_unpinned_chart(copy, fixtures):
-    edit(copy / "kubernetes/infrastructure/traefik/helmrelease.yaml", "      version: 40.0.1\n", '      version: ">=40"\n')
+    edit(copy / "kubernetes/infrastructure/traefik/helmrelease.yaml", "      version: 41.3.0\n", '      version: ">=40"\n')
     found = findings(copy, fixtures)
     assert_found(found, "kubernetes/infrastructure/traefik/helmrelease.yaml", "not pinned to an exact version")
