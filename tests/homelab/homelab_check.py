@@ -446,6 +446,49 @@ def _cycles(edges: dict[tuple[str, str], list[tuple[str, str]]]) -> list[list[tu
     return found
 
 
+def check_reachability(root: Path, tree: Tree) -> Report:
+    """Every manifest is applied by something: listed in its kustomization.yaml, whose directory is
+    listed by its parent or is the path of a Flux Kustomization on this repository."""
+    report = Report()
+    base = root / "kubernetes"
+    referenced: set[Path] = set()
+    for kfile in base.rglob("kustomization.yaml"):
+        try:
+            doc = yaml.safe_load(kfile.read_text()) or {}
+        except yaml.YAMLError:
+            continue  # reported by the build
+        entries = list(doc.get("resources") or []) + list(doc.get("components") or [])
+        entries += list(doc.get("patchesStrategicMerge") or [])
+        entries += [p.get("path") for p in doc.get("patches") or [] if isinstance(p, dict) and p.get("path")]
+        for generator in list(doc.get("configMapGenerator") or []) + list(doc.get("secretGenerator") or []):
+            entries += [f.split("=", 1)[-1] for f in generator.get("files") or []]
+        for entry in entries:
+            if isinstance(entry, str) and "://" not in entry:
+                referenced.add((kfile.parent / entry).resolve())
+    flux_paths: set[Path] = set()
+    for obj in tree.objects:
+        if obj.kind == "Kustomization" and obj.group == "kustomize.toolkit.fluxcd.io":
+            ref = obj.spec.get("sourceRef") or {}
+            if ref.get("kind") == "GitRepository" and ref.get("name") == "flux-system" and _ref_ns(obj, ref) == "flux-system":
+                flux_paths.add((root / str(obj.spec.get("path") or "./")).resolve())
+    for kfile in sorted(base.rglob("kustomization.yaml")):
+        directory = kfile.parent.resolve()
+        if directory not in referenced and directory not in flux_paths:
+            report.findings.append(
+                Finding(rel(root, kfile), "not listed in the parent kustomization.yaml and not the path of a Flux Kustomization: Flux never applies it")
+            )
+    for path in sorted(list(base.rglob("*.yaml")) + list(base.rglob("*.yml")) + list(base.rglob("*.json"))):
+        if path.name == "kustomization.yaml":
+            continue
+        directory = path.parent
+        if (directory / "kustomization.yaml").is_file():
+            if path.resolve() not in referenced:
+                report.findings.append(Finding(rel(root, path), f"not listed in {rel(root, directory / 'kustomization.yaml')}: Flux never applies it"))
+        elif directory.resolve() not in flux_paths:
+            report.findings.append(Finding(rel(root, path), "in a directory without kustomization.yaml that no Flux Kustomization points at: Flux never applies it"))
+    return report
+
+
 # --------------------------------------------------------------------------
 # SOPS
 
@@ -714,6 +757,7 @@ def check_all(root: Path, fixtures: Path | None = None) -> Report:
     report.findings.extend(tree.findings)
     report.extend(check_schemas(root, tree, crd_index(root, fixtures, tree)))
     report.extend(check_flux_graph(root, tree))
+    report.extend(check_reachability(root, tree))
     report.extend(check_secrets(root, tree))
     report.extend(check_sops_config(root))
     report.extend(check_leaks(root))

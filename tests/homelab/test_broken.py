@@ -164,3 +164,14 @@ def test_unpinned_chart(copy, fixtures):
     edit(copy / "kubernetes/infrastructure/traefik/helmrelease.yaml", "      version: 41.3.0\n", '      version: ">=40"\n')
     found = findings(copy, fixtures)
     assert_found(found, "kubernetes/infrastructure/traefik/helmrelease.yaml", "not pinned to an exact version")
+
+
+def test_unregistered_app_and_unlisted_manifest(copy, fixtures):
+    app = copy / "kubernetes/apps/echo"
+    app.mkdir()
+    (app / "namespace.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: echo\n")
+    (app / "kustomization.yaml").write_text("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - namespace.yaml\n")
+    (copy / "kubernetes/apps/whoami/configmap.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  namespace: whoami\n")
+    found = findings(copy, fixtures)
+    assert_found(found, "kubernetes/apps/echo/kustomization.yaml", "not listed in the parent kustomization.yaml")
+    assert_found(found, "kubernetes/apps/whoami/configmap.yaml", "not listed in kubernetes/apps/whoami/kustomization.yaml")
