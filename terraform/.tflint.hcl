@@ -1,0 +1,5 @@
+# tflint configuration (`tflint --chdir=terraform`).
+plugin "terraform" {
+  enabled = true
+  preset  = "recommended"
+}

@@ -1,0 +1,258 @@
+# ---------------------------------------------------------------- Proxmox
+
+variable "proxmox_endpoint" {
+  description = "Proxmox VE API URL, e.g. https://pve.lan:8006/."
+  type        = string
+  validation {
+    condition     = can(regex("^https://[^/]+(:[0-9]+)?/?$", var.proxmox_endpoint))
+    error_message = "proxmox_endpoint must be an https:// URL of the Proxmox VE API (scheme, host and optional port)."
+  }
+}
+
+variable "proxmox_api_token" {
+  description = "Proxmox VE API token, USER@REALM!TOKENID=SECRET. Pass it via TF_VAR_proxmox_api_token or a SOPS-encrypted tfvars file, never in a committed file."
+  type        = string
+  sensitive   = true
+  validation {
+    condition     = can(regex("^[^@\\s]+@[^!\\s]+![^=\\s]+=[0-9a-fA-F-]{36}$", var.proxmox_api_token))
+    error_message = "proxmox_api_token must look like USER@REALM!TOKENID=UUID."
+  }
+}
+
+variable "proxmox_insecure" {
+  description = "Skip TLS verification of the Proxmox VE API (self-signed certificate)."
+  type        = bool
+  default     = false
+}
+
+variable "proxmox_node" {
+  description = "Proxmox VE node that hosts the VM."
+  type        = string
+  default     = "pve"
+}
+
+variable "vm_id" {
+  description = "Proxmox VM ID."
+  type        = number
+  default     = 100
+  validation {
+    condition     = var.vm_id >= 100 && var.vm_id <= 999999999 && floor(var.vm_id) == var.vm_id
+    error_message = "vm_id must be an integer between 100 and 999999999."
+  }
+}
+
+variable "vm_name" {
+  description = "VM name, also the node's hostname."
+  type        = string
+  default     = "talos"
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", var.vm_name))
+    error_message = "vm_name must be a DNS label (lower-case letters, digits and '-', at most 63 characters)."
+  }
+}
+
+variable "cpu_cores" {
+  description = "vCPU cores."
+  type        = number
+  default     = 4
+  validation {
+    condition     = var.cpu_cores >= 2 && floor(var.cpu_cores) == var.cpu_cores
+    error_message = "cpu_cores must be an integer of at least 2 (a Talos control plane needs 2)."
+  }
+}
+
+variable "memory_mb" {
+  description = "Memory in MiB."
+  type        = number
+  default     = 16384
+  validation {
+    condition     = var.memory_mb >= 4096
+    error_message = "memory_mb must be at least 4096 (a single-node Talos cluster with Flux needs 4 GiB)."
+  }
+}
+
+variable "disk_gb" {
+  description = "System disk size in GiB."
+  type        = number
+  default     = 100
+  validation {
+    condition     = var.disk_gb >= 20
+    error_message = "disk_gb must be at least 20."
+  }
+}
+
+variable "vm_datastore" {
+  description = "Datastore for the system disk, the EFI vars disk and the TPM state."
+  type        = string
+  default     = "local-lvm"
+}
+
+variable "iso_datastore" {
+  description = "Datastore (content type iso) that receives the Talos image."
+  type        = string
+  default     = "local"
+}
+
+variable "network_bridge" {
+  description = "Proxmox bridge of the VM's network interface."
+  type        = string
+  default     = "vmbr0"
+}
+
+variable "mac_address" {
+  description = "Fixed MAC address of the VM (the DHCP server reserves an address for it)."
+  type        = string
+  default     = "BC:24:11:CA:FE:01"
+  validation {
+    condition     = can(regex("^([0-9A-F]{2}:){5}[0-9A-F]{2}$", var.mac_address))
+    error_message = "mac_address must be six upper-case hex octets separated by ':', e.g. BC:24:11:CA:FE:01."
+  }
+}
+
+# ---------------------------------------------------------------- Talos image
+
+variable "talos_version" {
+  description = "Talos version of the image and the machine configuration."
+  type        = string
+  # renovate: datasource=github-releases depName=siderolabs/talos
+  default = "v1.14.0"
+  validation {
+    condition     = can(regex("^v1\\.(1[2-9]|[2-9][0-9])\\.[0-9]+$", var.talos_version))
+    error_message = "talos_version must be vMAJOR.MINOR.PATCH and at least v1.12.0 (the agent's ExtensionServiceConfig and embedded configuration need 1.12)."
+  }
+}
+
+variable "talos_iso_path" {
+  description = "Path of the SecureBoot ISO built by image-factory/ (Talos with the bootstrap-agent extension, signed with our keys)."
+  type        = string
+  default     = "../out/talos-secureboot-amd64.iso"
+  validation {
+    condition     = endswith(var.talos_iso_path, ".iso")
+    error_message = "talos_iso_path must name an .iso file."
+  }
+}
+
+variable "talos_installer_repository" {
+  description = "Repository of the installer image built by image-factory/ (same extensions and SecureBoot keys as the ISO); Talos installs and upgrades from <repository>:<talos_version>."
+  type        = string
+  default     = "ghcr.io/catinthehack/installer-secureboot"
+  validation {
+    condition     = can(regex("^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+$", var.talos_installer_repository))
+    error_message = "talos_installer_repository must be a registry repository without tag or digest (the tag is talos_version)."
+  }
+}
+
+variable "install_disk" {
+  description = "Disk Talos installs to."
+  type        = string
+  default     = "/dev/sda"
+  validation {
+    condition     = startswith(var.install_disk, "/dev/")
+    error_message = "install_disk must be a device path under /dev/."
+  }
+}
+
+# ---------------------------------------------------------------- cluster and network
+
+variable "cluster_name" {
+  description = "Talos/Kubernetes cluster name."
+  type        = string
+  default     = "homelab"
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", var.cluster_name))
+    error_message = "cluster_name must be lower-case letters, digits and '-'."
+  }
+}
+
+variable "kubernetes_version" {
+  description = "Kubernetes version; null uses the default of the Talos version."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.kubernetes_version == null || can(regex("^v?1\\.[0-9]+\\.[0-9]+$", coalesce(var.kubernetes_version, "1.0.0")))
+    error_message = "kubernetes_version must be null or 1.MINOR.PATCH."
+  }
+}
+
+variable "node_ip" {
+  description = "Static IPv4 address of the node (also the Kubernetes and Talos API endpoint)."
+  type        = string
+  default     = "192.168.20.100"
+  validation {
+    condition     = can(cidrhost("${var.node_ip}/32", 0))
+    error_message = "node_ip must be an IPv4 address."
+  }
+}
+
+variable "node_prefix_length" {
+  description = "Prefix length of the node's network."
+  type        = number
+  default     = 24
+  validation {
+    condition     = var.node_prefix_length >= 8 && var.node_prefix_length <= 30
+    error_message = "node_prefix_length must be between 8 and 30."
+  }
+}
+
+variable "gateway" {
+  description = "Default gateway (must be in the node's network)."
+  type        = string
+  default     = "192.168.20.1"
+  validation {
+    condition     = can(cidrhost("${var.gateway}/32", 0))
+    error_message = "gateway must be an IPv4 address."
+  }
+}
+
+variable "nameservers" {
+  description = "DNS resolvers of the node."
+  type        = list(string)
+  default     = ["192.168.20.1"]
+  validation {
+    condition     = length(var.nameservers) > 0 && alltrue([for ns in var.nameservers : can(cidrhost("${ns}/32", 0))])
+    error_message = "nameservers must be a non-empty list of IPv4 addresses."
+  }
+}
+
+# ---------------------------------------------------------------- bootstrap agent and Flux
+
+variable "flux_git_url" {
+  description = "Git repository Flux syncs from (must match kubernetes/flux-system/gotk-sync.yaml)."
+  type        = string
+  default     = "https://github.com/catinthehack/homelab"
+  validation {
+    condition     = can(regex("^(https|ssh)://", var.flux_git_url))
+    error_message = "flux_git_url must be an https:// or ssh:// URL."
+  }
+}
+
+variable "flux_git_branch" {
+  description = "Branch Flux syncs from (must match kubernetes/flux-system/gotk-sync.yaml)."
+  type        = string
+  default     = "main"
+}
+
+variable "sops_age_key_sealed" {
+  description = "The SOPS age identity encrypted to the node's TPM recipient (age armor, from `age -a -r <tpm recipient> .age-key.txt`). Empty on the very first apply, when the TPM recipient is not known yet."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.sops_age_key_sealed == "" || (startswith(trimspace(var.sops_age_key_sealed), "-----BEGIN AGE ENCRYPTED FILE-----") && endswith(trimspace(var.sops_age_key_sealed), "-----END AGE ENCRYPTED FILE-----"))
+    error_message = "sops_age_key_sealed must be empty or an age-armored file (-----BEGIN AGE ENCRYPTED FILE----- ... -----END AGE ENCRYPTED FILE-----). Never pass the plain AGE-SECRET-KEY-1... line."
+  }
+}
+
+variable "sops_age_recipient" {
+  description = "age recipient (public key) the exported talosconfig and kubeconfig are encrypted to: `age-keygen -y .age-key.txt`."
+  type        = string
+  validation {
+    condition     = can(regex("^age1[02-9ac-hj-np-z]{58}$", var.sops_age_recipient))
+    error_message = "sops_age_recipient must be an age X25519 recipient (age1 followed by 58 bech32 characters)."
+  }
+}
+
+variable "export_dir" {
+  description = "Directory that receives talosconfig.enc.yaml and kubeconfig.enc.yaml."
+  type        = string
+  default     = ".."
+}
