@@ -105,6 +105,13 @@ async fn worker_and_missing_etcd_are_permanent() {
     );
     let err = node.kubeconfig().await.unwrap_err();
     assert_eq!(err.code(), Some(Code::Unimplemented));
+    assert!(!worker.is_bootstrapped());
+    // Once the machine config makes it a control-plane node, the same client bootstraps.
+    worker.set_kind(NodeKind::ControlPlane);
+    assert_eq!(
+        node.bootstrap().await.unwrap(),
+        BootstrapOutcome::Bootstrapped
+    );
 
     let no_etcd = StandIn::builder()
         .kind(NodeKind::EtcdNotConfigured)

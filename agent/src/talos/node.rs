@@ -2,6 +2,7 @@
 //! the `talos-role: os:admin` metadata that machined authorises local callers by.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -19,6 +20,10 @@ use super::stream::collect;
 
 /// Where machined listens on a Talos node (mounted into the extension service).
 pub const DEFAULT_MACHINED_SOCKET: &str = "/system/run/machined/machine.sock";
+
+/// Upper bound on one call to machined; a call that takes longer fails with the transient
+/// `DeadlineExceeded` instead of hanging the agent.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What `Bootstrap` achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +53,7 @@ impl NodeClient {
         });
         // The URI is required by the API but unused: the connector ignores it.
         let channel = Endpoint::from_static("http://machined.sock")
+            .timeout(CALL_TIMEOUT)
             .connect_with_connector(connector)
             .await
             .map_err(|e| TalosError::SocketConnect {

@@ -237,7 +237,22 @@ impl StandIn {
         self.lock().bootstrapped
     }
 
-    /// A talosconfig for this stand-in with an `os:admin` client certificate, endpoint set,
+    /// From now on the next `n` `Bootstrap` calls answer `FailedPrecondition`.
+    pub fn set_bootstrap_not_ready(&self, n: usize) {
+        self.lock().not_ready_left = n;
+    }
+
+    /// From now on `Kubeconfig` serves these exact bytes.
+    pub fn set_kubeconfig_archive(&self, bytes: Vec<u8>) {
+        self.lock().kubeconfig_archive = bytes;
+    }
+
+    /// From now on the node behaves as `kind`.
+    pub fn set_kind(&self, kind: NodeKind) {
+        self.lock().kind = kind;
+    }
+
+    /// A talosconfig for this stand-in with a client certificate for `role`, endpoint set,
     /// no nodes; adjust fields before writing.
     pub fn talosconfig_spec(&self, role: &str) -> TalosconfigSpec {
         let id = self.pki.issue_client(role);
