@@ -1,0 +1,220 @@
+//! Errors of the Talos API clients: each names the socket or endpoint and the method, and says
+//! what to do.
+
+use std::path::PathBuf;
+
+use tonic::Code;
+
+use super::kubeconfig::ArchiveError;
+use super::talosconfig::TalosConfigError;
+
+/// A failure talking to the Talos API.
+#[derive(Debug, thiserror::Error)]
+pub enum TalosError {
+    /// machined's socket could not be reached (missing, refused, wrong permissions).
+    #[error(
+        "cannot connect to machined's socket {}: {detail}; machined may still be starting \
+         (retry), or the socket is not mounted into the service (mount {} and depend on its path)",
+        socket.display(), socket.display()
+    )]
+    SocketConnect {
+        /// The socket path.
+        socket: PathBuf,
+        /// The transport error chain.
+        detail: String,
+    },
+
+    /// No endpoint of the talosconfig context answered a TLS connection.
+    #[error("cannot connect to the Talos API at {endpoint}: {detail}{hint}")]
+    EndpointConnect {
+        /// `host:port` tried last.
+        endpoint: String,
+        /// The transport error chain.
+        detail: String,
+        /// What to do, derived from the error (empty when nothing specific applies).
+        hint: &'static str,
+    },
+
+    /// The client certificate, key or CA of the talosconfig is not usable by TLS.
+    #[error("the talosconfig credentials cannot be used for TLS: {detail}")]
+    Tls {
+        /// What is wrong.
+        detail: String,
+    },
+
+    /// A call returned a gRPC error status.
+    #[error("{method} on {target} failed ({code:?}): {message}. {hint}")]
+    Call {
+        /// `machined socket /path` or `endpoint host:port (node N)`.
+        target: String,
+        /// The gRPC method name, e.g. `Bootstrap`.
+        method: &'static str,
+        /// The gRPC status code.
+        code: Code,
+        /// The status message from the server.
+        message: String,
+        /// What to do.
+        hint: &'static str,
+    },
+
+    /// `Read` found no such file: for the status file this means the agent has not run there.
+    #[error(
+        "status file {path} not found on node {node}: has the agent started? It writes this file \
+         once it runs (check `talosctl -n {node} service ext-bootstrap-agent`)"
+    )]
+    NotFoundOnNode {
+        /// The node asked (or the endpoint when no node was selected).
+        node: String,
+        /// The path read.
+        path: String,
+    },
+
+    /// apid reported a per-node error inside the reply metadata.
+    #[error("{method} on node {node} failed: {message}")]
+    NodeReported {
+        /// The node.
+        node: String,
+        /// The gRPC method name.
+        method: &'static str,
+        /// `common.Metadata.error`.
+        message: String,
+    },
+
+    /// A reply lacked a field the protocol promises.
+    #[error("{method} on {target}: malformed reply: {detail}")]
+    MalformedReply {
+        /// Where the call went.
+        target: String,
+        /// The gRPC method name.
+        method: &'static str,
+        /// What was missing.
+        detail: String,
+    },
+
+    /// A streamed reply exceeded the size we accept.
+    #[error("{method} on {target}: reply exceeds {limit} bytes; refusing to buffer more")]
+    ReplyTooLarge {
+        /// Where the call went.
+        target: String,
+        /// The gRPC method name.
+        method: &'static str,
+        /// The cap in bytes.
+        limit: usize,
+    },
+
+    /// The kubeconfig archive returned by `Kubeconfig` is unusable.
+    #[error("Kubeconfig on {target}: {source}")]
+    KubeconfigArchive {
+        /// Where the call went.
+        target: String,
+        /// What is wrong with the archive.
+        #[source]
+        source: ArchiveError,
+    },
+
+    /// The talosconfig could not be loaded.
+    #[error(transparent)]
+    TalosConfig(#[from] TalosConfigError),
+}
+
+impl TalosError {
+    /// Whether retrying later may succeed (machined still starting, not ready yet, network
+    /// hiccup). Configuration and permission problems are not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TalosError::SocketConnect { .. } | TalosError::EndpointConnect { .. } => true,
+            TalosError::Call { code, .. } => is_transient_code(*code),
+            TalosError::NodeReported { .. } => true,
+            TalosError::Tls { .. }
+            | TalosError::NotFoundOnNode { .. }
+            | TalosError::MalformedReply { .. }
+            | TalosError::ReplyTooLarge { .. }
+            | TalosError::KubeconfigArchive { .. }
+            | TalosError::TalosConfig(_) => false,
+        }
+    }
+
+    /// The gRPC status code, when the error is a call failure.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            TalosError::Call { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Builds a [`TalosError::Call`] from a status, with a hint for the method and code.
+    pub(crate) fn call(target: &str, method: &'static str, status: &tonic::Status) -> Self {
+        TalosError::Call {
+            target: target.to_owned(),
+            method,
+            code: status.code(),
+            message: status.message().to_owned(),
+            hint: hint(method, status.code()),
+        }
+    }
+}
+
+/// gRPC codes a retry may cure.
+fn is_transient_code(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::FailedPrecondition
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::ResourceExhausted
+            | Code::Cancelled
+            | Code::Unknown
+    )
+}
+
+/// What to do about `code` returned by `method`.
+fn hint(method: &str, code: Code) -> &'static str {
+    match (method, code) {
+        (_, Code::PermissionDenied) => {
+            "The caller lacks the needed role: on machined's socket every call needs the \
+             `talos-role: os:admin` metadata; over the network the talosconfig's client \
+             certificate must carry the os:admin role (Organization)"
+        }
+        (_, Code::Unauthenticated) => {
+            "The client certificate was not accepted: use a talosconfig issued by this cluster"
+        }
+        ("Bootstrap", Code::FailedPrecondition) => {
+            "machined is not ready to bootstrap yet (still booting, or time not in sync): retry"
+        }
+        ("Bootstrap", Code::Unimplemented) => {
+            "This node is not a control-plane node (or its machine type is not set yet): etcd \
+             can only be bootstrapped on a control-plane node; check machine.type in the \
+             machine configuration"
+        }
+        ("Bootstrap", Code::InvalidArgument) => {
+            "etcd is not configured in the machine configuration (no cluster.etcd.ca): \
+             bootstrap is impossible until the machine configuration is fixed"
+        }
+        ("Kubeconfig", Code::Unimplemented) => {
+            "The kubeconfig is only available on control-plane nodes"
+        }
+        ("Kubeconfig", Code::FailedPrecondition) => {
+            "The Kubernetes API server CA is not configured yet: retry"
+        }
+        (_, Code::Unavailable) => "The Talos API is not reachable right now: retry",
+        (_, Code::Unimplemented) => "This Talos version does not offer this method",
+        _ if is_transient_code(code) => "Retry later",
+        _ => "This will not pass by retrying",
+    }
+}
+
+/// Renders an error and its whole `source()` chain on one line.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}

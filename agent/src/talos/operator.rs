@@ -1,0 +1,190 @@
+//! Operator side: the Talos API through apid (TCP 50000, mutual TLS), authenticated by a
+//! talosconfig. Used to read the agent's status file from an operator machine.
+
+use std::time::Duration;
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Request};
+use tracing::debug;
+
+use super::error::{TalosError, chain};
+use super::proto::NODE_METADATA_KEY;
+use super::proto::machine::ReadRequest;
+use super::proto::machine::machine_service_client::MachineServiceClient;
+use super::stream::collect;
+use super::talosconfig::{TalosConfigSelection, split_endpoint};
+
+/// apid's port when an endpoint names none.
+pub const DEFAULT_APID_PORT: u16 = 50000;
+/// Largest file `read` accepts.
+pub const MAX_READ_BYTES: usize = 16 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client of apid with the talosconfig's client certificate.
+#[derive(Debug, Clone)]
+pub struct OperatorClient {
+    endpoint: String,
+    node: Option<String>,
+    client: MachineServiceClient<Channel>,
+}
+
+impl OperatorClient {
+    /// Connects over mutual TLS to the first endpoint of the selection that answers. The server
+    /// certificate must chain to the talosconfig's `ca`. Requests go to the selection's first
+    /// node (`node` metadata) when it names any.
+    pub async fn connect(sel: &TalosConfigSelection) -> Result<OperatorClient, TalosError> {
+        super::install_crypto_provider();
+        let mut last = None;
+        for raw in &sel.endpoints {
+            let Some((host, port)) = split_endpoint(raw, DEFAULT_APID_PORT) else {
+                last = Some(TalosError::EndpointConnect {
+                    endpoint: raw.clone(),
+                    detail: "not a valid endpoint (expected host, host:port or [ipv6]:port)".into(),
+                    hint: "",
+                });
+                continue;
+            };
+            let authority = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            match connect_one(sel, &host, &authority).await {
+                Ok(channel) => {
+                    debug!(endpoint = %authority, "connected to the Talos API");
+                    return Ok(OperatorClient {
+                        endpoint: authority,
+                        node: sel.nodes.first().cloned(),
+                        client: MachineServiceClient::new(channel),
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| TalosError::EndpointConnect {
+            endpoint: "(none)".into(),
+            detail: "the talosconfig context lists no endpoints".into(),
+            hint: "",
+        }))
+    }
+
+    /// The endpoint in use (`host:port`).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The node requests are routed to, if any.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// Routes later requests to `node` (or to the endpoint itself with `None`).
+    pub fn set_node(&mut self, node: Option<String>) {
+        self.node = node;
+    }
+
+    fn target(&self) -> String {
+        match &self.node {
+            Some(n) => format!("endpoint {} (node {n})", self.endpoint),
+            None => format!("endpoint {}", self.endpoint),
+        }
+    }
+
+    /// Reads a regular file on the node (MachineService/Read, needs os:admin). A missing file
+    /// is [`TalosError::NotFoundOnNode`].
+    pub async fn read(&mut self, path: &str) -> Result<Vec<u8>, TalosError> {
+        let target = self.target();
+        let mut req = Request::new(ReadRequest {
+            path: path.to_owned(),
+        });
+        if let Some(node) = &self.node {
+            let value = MetadataValue::try_from(node.as_str()).map_err(|_| TalosError::Call {
+                target: target.clone(),
+                method: "Read",
+                code: Code::InvalidArgument,
+                message: format!("node name {node:?} is not valid gRPC metadata"),
+                hint: "Pass a node address or hostname",
+            })?;
+            req.metadata_mut().insert(NODE_METADATA_KEY, value);
+        }
+        let not_found = |s: &tonic::Status| {
+            if s.code() == Code::NotFound {
+                TalosError::NotFoundOnNode {
+                    node: self.node.clone().unwrap_or_else(|| self.endpoint.clone()),
+                    path: path.to_owned(),
+                }
+            } else {
+                TalosError::call(&target, "Read", s)
+            }
+        };
+        let stream = self
+            .client
+            .read(req)
+            .await
+            .map_err(|s| not_found(&s))?
+            .into_inner();
+        match collect(
+            stream,
+            &target,
+            self.node.as_deref(),
+            "Read",
+            MAX_READ_BYTES,
+        )
+        .await
+        {
+            Ok(bytes) => Ok(bytes.to_vec()),
+            Err(TalosError::Call {
+                code: Code::NotFound,
+                message,
+                ..
+            }) => Err(not_found(&tonic::Status::not_found(message))),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+async fn connect_one(
+    sel: &TalosConfigSelection,
+    host: &str,
+    authority: &str,
+) -> Result<Channel, TalosError> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&sel.ca_pem))
+        .identity(Identity::from_pem(&sel.crt_pem, &*sel.key_pem))
+        .domain_name(host);
+    let endpoint = Endpoint::from_shared(format!("https://{authority}"))
+        .map_err(|e| TalosError::EndpointConnect {
+            endpoint: authority.to_owned(),
+            detail: chain(&e),
+            hint: "",
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tls_config(tls)
+        .map_err(|e| TalosError::Tls { detail: chain(&e) })?;
+    endpoint.connect().await.map_err(|e| {
+        let detail = chain(&e);
+        TalosError::EndpointConnect {
+            endpoint: authority.to_owned(),
+            hint: connect_hint(&detail),
+            detail,
+        }
+    })
+}
+
+fn connect_hint(detail: &str) -> &'static str {
+    if detail.contains("UnknownIssuer") || detail.contains("BadSignature") {
+        "; the server's certificate is not signed by the talosconfig's `ca`: is this \
+         talosconfig for this cluster?"
+    } else if detail.contains("NotValidForName") || detail.contains("not valid for name") {
+        "; the server's certificate does not name this endpoint: use an endpoint listed in the \
+         machine configuration's certSANs"
+    } else if detail.contains("Expired") || detail.contains("NotValidYet") {
+        "; a certificate is outside its validity period: check the clock, or regenerate the \
+         talosconfig (`talosctl config new`)"
+    } else if detail.contains("certificate") || detail.contains("alert") {
+        "; the TLS handshake failed: check that the talosconfig belongs to this cluster"
+    } else {
+        "; is the node up and apid listening on this address?"
+    }
+}
