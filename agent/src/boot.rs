@@ -1,1 +1,811 @@
-//! boot
+//! The boot state machine: executes the plan's steps in order, each retried with capped
+//! exponential backoff and jitter under its own deadline, and records every transition in the
+//! status file.
+//!
+//! What a step does lives behind the [`Steps`] trait ([`crate::node`] has the real one), so the
+//! machine itself is tested in isolation with scripted steps and tokio's paused clock.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::config::RetryConfig;
+use crate::plan::{Plan, StepId};
+use crate::status::{
+    ErrorKind, ErrorRecord, ObjectRecord, Phase, Status, StatusFile, StepState, TpmRecord, now,
+};
+
+/// What a step attempt achieved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The step's goal holds (whether this attempt did the work or found it done).
+    Done {
+        message: String,
+        objects: Vec<ObjectRecord>,
+    },
+    /// Not there yet, nothing wrong: poll again until the deadline (e.g. Flux still reconciling).
+    Pending {
+        message: String,
+        objects: Vec<ObjectRecord>,
+    },
+    /// The operator has to act (seal an input to this TPM); the run goes on with the other steps
+    /// and ends in phase `waiting`.
+    Waiting {
+        message: String,
+        tpm: Option<TpmRecord>,
+    },
+}
+
+impl Outcome {
+    pub fn done(message: impl Into<String>) -> Outcome {
+        Outcome::Done {
+            message: message.into(),
+            objects: Vec::new(),
+        }
+    }
+}
+
+/// Why a step attempt failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepFailure {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub hint: Option<String>,
+    /// The step's code is not part of this build.
+    pub not_implemented: bool,
+    pub objects: Vec<ObjectRecord>,
+}
+
+impl StepFailure {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> StepFailure {
+        StepFailure {
+            kind,
+            message: message.into(),
+            hint: None,
+            not_implemented: false,
+            objects: Vec::new(),
+        }
+    }
+    /// Retrying may help.
+    pub fn transient(message: impl Into<String>) -> StepFailure {
+        Self::new(ErrorKind::Transient, message)
+    }
+    /// Retrying will not help.
+    pub fn permanent(message: impl Into<String>) -> StepFailure {
+        Self::new(ErrorKind::Permanent, message)
+    }
+    /// The configuration (or what it references) is wrong.
+    pub fn config(message: impl Into<String>) -> StepFailure {
+        Self::new(ErrorKind::Config, message)
+    }
+    /// The step is not part of this build: reported, never faked.
+    pub fn not_implemented(step: StepId) -> StepFailure {
+        StepFailure {
+            not_implemented: true,
+            ..Self::permanent(format!("step {step} is not implemented in this build"))
+        }
+    }
+    pub fn with_hint(mut self, hint: impl Into<String>) -> StepFailure {
+        self.hint = Some(hint.into());
+        self
+    }
+    pub fn with_objects(mut self, objects: Vec<ObjectRecord>) -> StepFailure {
+        self.objects = objects;
+        self
+    }
+}
+
+/// What each step does. One attempt per call; the machine does the retrying.
+pub trait Steps {
+    fn attempt(
+        &mut self,
+        step: StepId,
+    ) -> impl Future<Output = Result<Outcome, StepFailure>> + Send;
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunResult {
+    /// Every step is done.
+    Ready,
+    /// Everything that could be done is done; the operator has to act.
+    Waiting,
+    /// A step failed.
+    Failed(ErrorKind),
+}
+
+impl RunResult {
+    /// The process exit code for this result.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            RunResult::Ready | RunResult::Waiting => crate::exit::SUCCESS,
+            RunResult::Failed(ErrorKind::Transient) => crate::exit::TRANSIENT,
+            RunResult::Failed(ErrorKind::Config) => crate::exit::CONFIG,
+            RunResult::Failed(ErrorKind::Permanent) => crate::exit::PERMANENT,
+        }
+    }
+}
+
+/// The delay before attempt `attempt + 1` (attempt counts from 1): `initial * 2^(attempt-1)`,
+/// capped at `max`, then scaled by `jitter` (a factor in [0.5, 1.0]).
+pub fn backoff(attempt: u32, retry: RetryConfig, jitter: f64) -> Duration {
+    let exp = attempt.saturating_sub(1).min(20);
+    let base = retry.initial.saturating_mul(1u32 << exp).min(retry.max);
+    base.mul_f64(jitter.clamp(0.5, 1.0))
+}
+
+/// Executes a plan.
+pub struct Machine<'a, S> {
+    plan: &'a Plan,
+    steps: S,
+    status: Status,
+    file: StatusFile,
+    retry: RetryConfig,
+    jitter: Box<dyn FnMut() -> f64 + Send + 'a>,
+    warned_status: bool,
+}
+
+impl<'a, S: Steps> Machine<'a, S> {
+    /// A machine for `plan`. `previous` is the status document of an earlier run, if any: its
+    /// run count carries on and durable steps it records as done are not repeated.
+    pub fn new(
+        plan: &'a Plan,
+        steps: S,
+        file: StatusFile,
+        previous: Option<Status>,
+        retry: RetryConfig,
+    ) -> Self {
+        let ids: Vec<StepId> = plan.steps.iter().map(|s| s.id).collect();
+        let mut status = Status::new(&ids);
+        if let Some(prev) = previous {
+            status.runs = prev.runs.saturating_add(1);
+            for id in ids.iter().copied().filter(|id| id.is_durable()) {
+                if let Some(done) = prev.step(id).filter(|r| r.state == StepState::Done) {
+                    let r = status.step_mut(id);
+                    r.state = StepState::Done;
+                    r.attempts = 0;
+                    r.finished_at = done.finished_at.clone();
+                    r.message = Some(format!(
+                        "done in an earlier run ({})",
+                        done.message
+                            .as_deref()
+                            .unwrap_or("recorded in the status file")
+                    ));
+                }
+            }
+        }
+        Machine {
+            plan,
+            steps,
+            status,
+            file,
+            retry,
+            jitter: Box::new(|| rand::random::<f64>() * 0.5 + 0.5),
+            warned_status: false,
+        }
+    }
+
+    /// Replaces the jitter source (tests make it deterministic).
+    pub fn with_jitter(mut self, jitter: impl FnMut() -> f64 + Send + 'a) -> Self {
+        self.jitter = Box::new(jitter);
+        self
+    }
+
+    /// The status document as it stands.
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// The steps, once the run is over (the caller may still need what they hold).
+    pub fn into_parts(self) -> (S, Status) {
+        (self.steps, self.status)
+    }
+
+    fn save(&mut self) {
+        if let Err(e) = self.file.write(&mut self.status) {
+            if !self.warned_status {
+                warn!(error = %e, "status file not written; carrying on");
+                self.warned_status = true;
+            }
+        } else {
+            self.warned_status = false;
+        }
+    }
+
+    /// Runs every step of the plan.
+    pub async fn run(&mut self) -> RunResult {
+        info!(
+            run = self.status.runs,
+            steps = self.plan.steps.len(),
+            "boot sequence starting"
+        );
+        self.status.phase = Phase::Running;
+        self.status.message = "starting".into();
+        self.save();
+        let mut waiting = false;
+        for planned in self.plan.steps.clone() {
+            let id = planned.id;
+            if let Some(why) = &planned.skip {
+                let r = self.status.step_mut(id);
+                r.state = StepState::Skipped;
+                r.message = Some(why.clone());
+                info!(step = %id, reason = %why, "step skipped");
+                continue;
+            }
+            if self
+                .status
+                .step(id)
+                .is_some_and(|r| r.state == StepState::Done)
+            {
+                info!(step = %id, "step already done in an earlier run");
+                continue;
+            }
+            match self.run_step(id, planned.deadline).await {
+                StepEnd::Done => {}
+                StepEnd::Waiting => waiting = true,
+                StepEnd::Failed(kind) => {
+                    self.status.phase = Phase::Failed;
+                    self.save();
+                    return RunResult::Failed(kind);
+                }
+            }
+        }
+        let result = if waiting {
+            RunResult::Waiting
+        } else {
+            RunResult::Ready
+        };
+        self.status.phase = if waiting {
+            Phase::Waiting
+        } else {
+            Phase::Ready
+        };
+        self.status.message = if waiting {
+            "waiting for the operator: see the waiting step".into()
+        } else {
+            "Flux manages the cluster: every step is done".into()
+        };
+        if !waiting {
+            self.status.last_error = None;
+        }
+        self.save();
+        info!(phase = ?self.status.phase, "boot sequence finished");
+        result
+    }
+
+    async fn run_step(&mut self, id: StepId, deadline: Duration) -> StepEnd {
+        let started = Instant::now();
+        let give_up = started + deadline;
+        {
+            let r = self.status.step_mut(id);
+            r.state = StepState::Running;
+            r.started_at = Some(now());
+            r.finished_at = None;
+            r.error = None;
+        }
+        self.status.message = format!("step {id}");
+        self.save();
+        info!(step = %id, deadline = ?deadline, "step started");
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            self.status.step_mut(id).attempts = attempt;
+            let result = self.steps.attempt(id).await;
+            let elapsed = started.elapsed();
+            match result {
+                Ok(Outcome::Done { message, objects }) => {
+                    self.status.upsert_objects(objects);
+                    self.finish(id, StepState::Done, elapsed, Some(message.clone()), None);
+                    info!(step = %id, attempts = attempt, took = ?elapsed, %message, "step done");
+                    return StepEnd::Done;
+                }
+                Ok(Outcome::Waiting { message, tpm }) => {
+                    self.status.tpm = tpm;
+                    self.finish(id, StepState::Waiting, elapsed, Some(message.clone()), None);
+                    warn!(step = %id, %message, "waiting for the operator");
+                    return StepEnd::Waiting;
+                }
+                Ok(Outcome::Pending { message, objects }) => {
+                    self.status.upsert_objects(objects);
+                    let r = self.status.step_mut(id);
+                    r.state = StepState::Running;
+                    r.message = Some(message.clone());
+                    if Instant::now() >= give_up {
+                        let failure = StepFailure::transient(format!("deadline of {deadline:?} exceeded: {message}"))
+                            .with_hint("the cluster did not converge in time; the objects below say what is still pending");
+                        return self.fail(id, failure, elapsed);
+                    }
+                    info!(step = %id, attempt, %message, "step pending");
+                }
+                Err(failure) if failure.kind != ErrorKind::Transient => {
+                    return self.fail(id, failure, elapsed);
+                }
+                Err(failure) => {
+                    if Instant::now() >= give_up {
+                        let message = format!(
+                            "deadline of {deadline:?} exceeded after {attempt} attempts; last error: {}",
+                            failure.message
+                        );
+                        return self.fail(id, StepFailure { message, ..failure }, elapsed);
+                    }
+                    warn!(step = %id, attempt, error = %failure.message, "step failed, will retry");
+                    self.status.upsert_objects(failure.objects.clone());
+                    let r = self.status.step_mut(id);
+                    r.state = StepState::Retrying;
+                    r.error = Some(failure.message.clone());
+                    self.status.last_error = Some(record(id, &failure));
+                }
+            }
+            self.save();
+            let delay = backoff(attempt, self.retry, (self.jitter)());
+            let until = (Instant::now() + delay).min(give_up);
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    fn finish(
+        &mut self,
+        id: StepId,
+        state: StepState,
+        elapsed: Duration,
+        message: Option<String>,
+        error: Option<String>,
+    ) {
+        let r = self.status.step_mut(id);
+        r.state = state;
+        r.finished_at = Some(now());
+        r.duration_ms = Some(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+        r.message = message;
+        r.error = error;
+        self.save();
+    }
+
+    fn fail(&mut self, id: StepId, failure: StepFailure, elapsed: Duration) -> StepEnd {
+        error!(step = %id, kind = ?failure.kind, error = %failure.message, hint = failure.hint.as_deref().unwrap_or(""), "step failed");
+        self.status.upsert_objects(failure.objects.clone());
+        self.status.last_error = Some(record(id, &failure));
+        self.status.message = format!("step {id} failed");
+        let state = if failure.not_implemented {
+            StepState::NotImplemented
+        } else {
+            StepState::Failed
+        };
+        self.finish(id, state, elapsed, None, Some(failure.message.clone()));
+        StepEnd::Failed(failure.kind)
+    }
+}
+
+enum StepEnd {
+    Done,
+    Waiting,
+    Failed(ErrorKind),
+}
+
+fn record(step: StepId, f: &StepFailure) -> ErrorRecord {
+    ErrorRecord {
+        step,
+        kind: f.kind,
+        message: f.message.clone(),
+        hint: f.hint.clone(),
+        at: now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, VecDeque};
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::config::Config;
+
+    type Script = HashMap<StepId, VecDeque<Result<Outcome, StepFailure>>>;
+
+    /// Scripted steps: each attempt pops the next answer; an empty script means done.
+    #[derive(Clone, Default)]
+    struct Scripted {
+        script: Arc<Mutex<Script>>,
+        calls: Arc<Mutex<Vec<StepId>>>,
+    }
+
+    impl Scripted {
+        fn answer(self, step: StepId, answers: Vec<Result<Outcome, StepFailure>>) -> Self {
+            self.script
+                .lock()
+                .unwrap()
+                .entry(step)
+                .or_default()
+                .extend(answers);
+            self
+        }
+        fn calls(&self, step: StepId) -> usize {
+            self.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| **s == step)
+                .count()
+        }
+    }
+
+    impl Steps for Scripted {
+        fn attempt(
+            &mut self,
+            step: StepId,
+        ) -> impl Future<Output = Result<Outcome, StepFailure>> + Send {
+            self.calls.lock().unwrap().push(step);
+            let next = self
+                .script
+                .lock()
+                .unwrap()
+                .get_mut(&step)
+                .and_then(VecDeque::pop_front);
+            async move { next.unwrap_or_else(|| Ok(Outcome::done(format!("{step} ok")))) }
+        }
+    }
+
+    fn plan(text: &str) -> Plan {
+        Plan::new(
+            &Config::parse(text, Path::new("/c.yaml"), &|_| None).unwrap(),
+            vec![],
+        )
+    }
+
+    const TALOS: &str = "talos: {}\nflux: { url: https://e.org/o/r }\nsecrets: [ { name: sops-age, key: age.agekey } ]\n";
+    const RETRY: RetryConfig = RetryConfig {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(8),
+    };
+
+    fn machine<'a>(
+        plan: &'a Plan,
+        steps: Scripted,
+        dir: &Path,
+        previous: Option<Status>,
+    ) -> Machine<'a, Scripted> {
+        Machine::new(
+            plan,
+            steps,
+            StatusFile::new(dir.join("status.json")),
+            previous,
+            RETRY,
+        )
+        .with_jitter(|| 1.0)
+    }
+
+    #[test]
+    fn backoff_doubles_then_caps_and_jitter_only_shortens() {
+        let r = RetryConfig {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        };
+        assert_eq!(backoff(1, r, 1.0), Duration::from_millis(500));
+        assert_eq!(backoff(2, r, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(5, r, 1.0), Duration::from_secs(8));
+        assert_eq!(backoff(9, r, 1.0), Duration::from_secs(30));
+        assert_eq!(backoff(u32::MAX, r, 1.0), Duration::from_secs(30));
+        assert_eq!(backoff(9, r, 0.5), Duration::from_secs(15));
+        assert_eq!(
+            backoff(9, r, 0.0),
+            Duration::from_secs(15),
+            "jitter is clamped to [0.5, 1]"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_steps_run_in_order_and_the_status_file_says_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(TALOS);
+        let steps = Scripted::default();
+        let mut m = machine(&plan, steps.clone(), dir.path(), None);
+        assert_eq!(m.run().await, RunResult::Ready);
+        assert_eq!(*steps.calls.lock().unwrap(), StepId::ALL.to_vec());
+        let saved = StatusFile::new(dir.path().join("status.json"))
+            .load()
+            .unwrap()
+            .unwrap();
+        assert_eq!(saved.phase, Phase::Ready);
+        assert!(
+            saved
+                .steps
+                .iter()
+                .all(|s| s.state == StepState::Done && s.attempts == 1),
+            "{saved:?}"
+        );
+        assert_eq!(
+            saved.step(StepId::Etcd).unwrap().message.as_deref(),
+            Some("etcd ok")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_with_backoff_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(TALOS);
+        let steps = Scripted::default().answer(
+            StepId::Etcd,
+            vec![
+                Err(StepFailure::transient(
+                    "FailedPrecondition: time not in sync",
+                )),
+                Err(StepFailure::transient("Unavailable")),
+            ],
+        );
+        let mut m = machine(&plan, steps.clone(), dir.path(), None);
+        let t0 = Instant::now();
+        assert_eq!(m.run().await, RunResult::Ready);
+        assert_eq!(steps.calls(StepId::Etcd), 3);
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_secs(1 + 2),
+            "1 s then 2 s of backoff"
+        );
+        let r = m.status().step(StepId::Etcd).unwrap();
+        assert_eq!(
+            (r.state, r.attempts, r.error.clone()),
+            (StepState::Done, 3, None)
+        );
+        assert_eq!(
+            m.status().last_error,
+            None,
+            "a finished run clears the last error"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_that_keeps_failing_stops_at_its_deadline_with_the_last_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(&format!("{TALOS}deadlines: {{ kubeApi: 20s }}\n"));
+        let steps = Scripted::default().answer(
+            StepId::KubeApi,
+            (0..100)
+                .map(|_| Err(StepFailure::transient("connection refused")))
+                .collect(),
+        );
+        let mut m = machine(&plan, steps.clone(), dir.path(), None);
+        let t0 = Instant::now();
+        assert_eq!(m.run().await, RunResult::Failed(ErrorKind::Transient));
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_secs(20),
+            "stops exactly at the deadline"
+        );
+        assert_eq!(steps.calls(StepId::Secrets), 0, "later steps do not run");
+        let saved = StatusFile::new(dir.path().join("status.json"))
+            .load()
+            .unwrap()
+            .unwrap();
+        assert_eq!(saved.phase, Phase::Failed);
+        let e = saved.last_error.clone().unwrap();
+        assert_eq!((e.step, e.kind), (StepId::KubeApi, ErrorKind::Transient));
+        assert!(
+            e.message.contains("deadline") && e.message.contains("connection refused"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            saved.step(StepId::KubeApi).unwrap().state,
+            StepState::Failed
+        );
+        assert_eq!(
+            RunResult::Failed(ErrorKind::Transient).exit_code(),
+            crate::exit::TRANSIENT
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_failure_stops_at_once_with_its_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(TALOS);
+        let steps = Scripted::default().answer(
+            StepId::Ready,
+            vec![Err(StepFailure::permanent(
+                "Kustomization flux-system: kustomize build failed",
+            )
+            .with_hint("fix the tree in Git"))],
+        );
+        let mut m = machine(&plan, steps.clone(), dir.path(), None);
+        assert_eq!(m.run().await, RunResult::Failed(ErrorKind::Permanent));
+        assert_eq!(steps.calls(StepId::Ready), 1);
+        let e = m.status().last_error.clone().unwrap();
+        assert_eq!(e.hint.as_deref(), Some("fix the tree in Git"));
+        assert!(m.status().render().contains("hint: fix the tree in Git"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_is_polled_until_done_and_reports_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(TALOS);
+        let obj = |state: &str| ObjectRecord {
+            kind: "Kustomization".into(),
+            namespace: Some("flux-system".into()),
+            name: "flux-system".into(),
+            state: state.into(),
+            message: String::new(),
+        };
+        let steps = Scripted::default().answer(
+            StepId::Ready,
+            vec![
+                Ok(Outcome::Pending {
+                    message: "reconciling".into(),
+                    objects: vec![obj("Progressing")],
+                }),
+                Ok(Outcome::Done {
+                    message: "ready".into(),
+                    objects: vec![obj("Ready")],
+                }),
+            ],
+        );
+        let mut m = machine(&plan, steps.clone(), dir.path(), None);
+        assert_eq!(m.run().await, RunResult::Ready);
+        assert_eq!(
+            m.status().objects,
+            vec![obj("Ready")],
+            "one line per object, updated in place"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_past_the_deadline_fails_saying_what_is_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(&format!("{TALOS}deadlines: {{ ready: 10s }}\n"));
+        let pending = || {
+            Ok(Outcome::Pending {
+                message: "GitRepository flux-system not Ready".into(),
+                objects: vec![],
+            })
+        };
+        let steps =
+            Scripted::default().answer(StepId::Ready, (0..100).map(|_| pending()).collect());
+        let mut m = machine(&plan, steps, dir.path(), None);
+        assert_eq!(m.run().await, RunResult::Failed(ErrorKind::Transient));
+        assert!(
+            m.status()
+                .last_error
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("GitRepository flux-system not Ready")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_sealed_input_lets_the_other_steps_run_and_ends_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(TALOS);
+        let tpm = TpmRecord {
+            recipient: "age1abc".into(),
+            command: "age -a -r age1abc ...".into(),
+        };
+        let steps = Scripted::default().answer(
+            StepId::Secrets,
+            vec![Ok(Outcome::Waiting {
+                message: "waiting for sealed secrets".into(),
+                tpm: Some(tpm.clone()),
+            })],
+        );
+        let mut m = machine(&plan, steps.clone(), dir.path(), None);
+        assert_eq!(m.run().await, RunResult::Waiting);
+        assert_eq!(RunResult::Waiting.exit_code(), crate::exit::SUCCESS);
+        assert_eq!(steps.calls(StepId::Ready), 1);
+        assert_eq!(m.status().phase, Phase::Waiting);
+        assert_eq!(m.status().tpm, Some(tpm));
+        assert_eq!(
+            m.status().step(StepId::Secrets).unwrap().state,
+            StepState::Waiting
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn skipped_steps_are_not_attempted() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan("kubernetes: { kubeconfig: /k }\nflux: { url: https://e.org/o/r }\n");
+        let steps = Scripted::default();
+        let mut m = machine(&plan, steps.clone(), dir.path(), None);
+        assert_eq!(m.run().await, RunResult::Ready);
+        for id in [
+            StepId::TalosApi,
+            StepId::Etcd,
+            StepId::Kubeconfig,
+            StepId::Secrets,
+        ] {
+            assert_eq!(steps.calls(id), 0);
+            assert_eq!(m.status().step(id).unwrap().state, StepState::Skipped);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_resumes_without_repeating_durable_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(TALOS);
+        // First run: etcd bootstrapped, then killed while the kube API was down (the status file
+        // is what a kill leaves behind).
+        let first =
+            Scripted::default().answer(StepId::KubeApi, vec![Err(StepFailure::permanent("boom"))]);
+        let mut m = machine(&plan, first.clone(), dir.path(), None);
+        assert_eq!(m.run().await, RunResult::Failed(ErrorKind::Permanent));
+        assert_eq!(first.calls(StepId::Etcd), 1);
+        let previous = StatusFile::new(dir.path().join("status.json"))
+            .load()
+            .unwrap();
+
+        let second = Scripted::default();
+        let mut m = machine(&plan, second.clone(), dir.path(), previous);
+        assert_eq!(m.run().await, RunResult::Ready);
+        assert_eq!(
+            second.calls(StepId::Etcd),
+            0,
+            "etcd is not bootstrapped twice"
+        );
+        assert_eq!(
+            second.calls(StepId::TalosApi),
+            1,
+            "non-durable steps are verified again"
+        );
+        assert_eq!(second.calls(StepId::KubeApi), 1);
+        assert_eq!(m.status().runs, 2);
+        assert!(
+            m.status()
+                .step(StepId::Etcd)
+                .unwrap()
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("earlier run")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_implemented_is_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(TALOS);
+        let steps = Scripted::default().answer(
+            StepId::Crds,
+            vec![Err(StepFailure::not_implemented(StepId::Crds))],
+        );
+        let mut m = machine(&plan, steps, dir.path(), None);
+        assert_eq!(m.run().await, RunResult::Failed(ErrorKind::Permanent));
+        assert_eq!(
+            m.status().step(StepId::Crds).unwrap().state,
+            StepState::NotImplemented
+        );
+        assert!(m.status().render().contains("not implemented"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_transition_is_written_to_the_status_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(TALOS);
+        // A step that observes the status file while it runs.
+        struct Observer(std::path::PathBuf, Arc<Mutex<Vec<StepState>>>);
+        impl Steps for Observer {
+            fn attempt(
+                &mut self,
+                step: StepId,
+            ) -> impl Future<Output = Result<Outcome, StepFailure>> + Send {
+                let seen = StatusFile::new(&self.0).load().unwrap().unwrap();
+                self.1.lock().unwrap().push(seen.step(step).unwrap().state);
+                async { Ok(Outcome::done("ok")) }
+            }
+        }
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut m = Machine::new(
+            &plan,
+            Observer(dir.path().join("status.json"), seen.clone()),
+            StatusFile::new(dir.path().join("status.json")),
+            None,
+            RETRY,
+        );
+        assert_eq!(m.run().await, RunResult::Ready);
+        assert!(
+            seen.lock()
+                .unwrap()
+                .iter()
+                .all(|s| *s == StepState::Running),
+            "{seen:?}"
+        );
+    }
+}

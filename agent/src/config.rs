@@ -21,8 +21,9 @@ pub const DEFAULT_TALOS_SOCKET: &str = "/system/run/machined/machine.sock";
 pub const DEFAULT_TPM_DEVICE: &str = "/dev/tpmrm0";
 /// Where the agent writes its status on the host (readable with `talosctl read`).
 pub const DEFAULT_STATUS: &str = "/var/lib/bootstrap-agent/status.json";
-/// Where the extension image carries the embedded bundle.
-pub const DEFAULT_BUNDLE_DIR: &str = "/usr/local/lib/containers/bootstrap-agent/bundle";
+/// Where the embedded bundle appears inside the service container (the extension carries it at
+/// `/usr/local/lib/containers/bootstrap-agent/bundle`, under the service's own root).
+pub const DEFAULT_BUNDLE_DIR: &str = "/bundle";
 /// The SecureBoot state PCR.
 pub const DEFAULT_PCRS: &[u32] = &[7];
 /// A PCR Talos never extends; extending it after use locks the seed until the next boot.
@@ -1322,7 +1323,7 @@ talos: { socket: /system/run/machined/machine.sock, bootstrapEtcd: true }
 tpm: { device: /dev/tpmrm0, pcrs: [7], lockPcr: 15, nvIndex: '0x01c1b00a' }
 secrets:
   - { namespace: flux-system, name: sops-age, key: age.agekey }
-bundle: { dir: /usr/local/lib/containers/bootstrap-agent/bundle, fetch: false }
+bundle: { dir: /bundle, fetch: false }
 flux: { url: https://github.com/OWNER/REPO, branch: main, path: ./kubernetes/flux-system, interval: 1m, kustomizationInterval: 10m }
 status: /var/lib/bootstrap-agent/status.json
 deadlines: { talosApi: 10m, etcd: 10m, kubeApi: 15m, secrets: 5m, crds: 5m, flux: 5m, ready: 15m }

@@ -152,14 +152,22 @@ impl Plan {
             ClusterAccess::Talos { bootstrap_etcd, .. } => (true, *bootstrap_etcd),
             ClusterAccess::Kubeconfig { .. } => (false, false),
         };
-        let not_talos = (!on_talos).then(|| "no `talos` section: the cluster comes from a kubeconfig".to_string());
-        let step = |id, action: String, skip: Option<String>, deadline| PlannedStep { id, action, skip, deadline };
+        let not_talos = (!on_talos)
+            .then(|| "no `talos` section: the cluster comes from a kubeconfig".to_string());
+        let step = |id, action: String, skip: Option<String>, deadline| PlannedStep {
+            id,
+            action,
+            skip,
+            deadline,
+        };
         let sealed = config.secrets.iter().filter(|s| s.sealed.is_some()).count();
         let mut steps = vec![
             step(
                 StepId::TalosApi,
                 match &config.cluster {
-                    ClusterAccess::Talos { socket, .. } => format!("wait for machined on {}", socket.display()),
+                    ClusterAccess::Talos { socket, .. } => {
+                        format!("wait for machined on {}", socket.display())
+                    }
                     ClusterAccess::Kubeconfig { .. } => "wait for machined".into(),
                 },
                 not_talos.clone(),
@@ -168,15 +176,26 @@ impl Plan {
             step(
                 StepId::Etcd,
                 "bootstrap etcd through the local Talos API (once per cluster)".into(),
-                if !on_talos { not_talos.clone() } else { (!bootstrap_etcd).then(|| "talos.bootstrapEtcd is false".into()) },
+                if !on_talos {
+                    not_talos.clone()
+                } else {
+                    (!bootstrap_etcd).then(|| "talos.bootstrapEtcd is false".into())
+                },
                 d.etcd,
             ),
-            step(StepId::Kubeconfig, "obtain the admin kubeconfig from machined (kept in memory)".into(), not_talos, d.kube_api),
+            step(
+                StepId::Kubeconfig,
+                "obtain the admin kubeconfig from machined (kept in memory)".into(),
+                not_talos,
+                d.kube_api,
+            ),
             step(
                 StepId::KubeApi,
                 match &config.cluster {
                     ClusterAccess::Talos { .. } => "wait for the Kubernetes API".into(),
-                    ClusterAccess::Kubeconfig { path } => format!("wait for the Kubernetes API of {}", path.display()),
+                    ClusterAccess::Kubeconfig { path } => {
+                        format!("wait for the Kubernetes API of {}", path.display())
+                    }
                 },
                 None,
                 d.kube_api,
@@ -190,18 +209,39 @@ impl Plan {
                     config.tpm.pcrs,
                     config.tpm.lock_pcr
                 ),
-                config.secrets.is_empty().then(|| "no secrets configured".into()),
+                config
+                    .secrets
+                    .is_empty()
+                    .then(|| "no secrets configured".into()),
                 d.secrets,
             ),
-            step(StepId::Crds, "apply Namespaces and CRDs, wait until Established".into(), None, d.crds),
-            step(StepId::Flux, "apply Flux's components unless Flux has already synced from Git".into(), None, d.flux),
             step(
-                StepId::Sync,
-                format!("apply GitRepository and Kustomization flux-system ({} {} {})", config.flux.url, config.flux.branch, config.flux.path),
+                StepId::Crds,
+                "apply Namespaces and CRDs, wait until Established".into(),
+                None,
+                d.crds,
+            ),
+            step(
+                StepId::Flux,
+                "apply Flux's components unless Flux has already synced from Git".into(),
                 None,
                 d.flux,
             ),
-            step(StepId::Ready, "wait until Flux reports the sync Ready".into(), None, d.ready),
+            step(
+                StepId::Sync,
+                format!(
+                    "apply GitRepository and Kustomization flux-system ({} {} {})",
+                    config.flux.url, config.flux.branch, config.flux.path
+                ),
+                None,
+                d.flux,
+            ),
+            step(
+                StepId::Ready,
+                "wait until Flux reports the sync Ready".into(),
+                None,
+                d.ready,
+            ),
         ];
         steps.sort_by_key(|s| s.id);
 
@@ -214,9 +254,14 @@ impl Plan {
                 namespace: Some(s.namespace.clone()),
                 name: s.name.clone(),
                 note: match &s.sealed {
-                    None => format!("key {}: sealed input missing: the run will enrol and wait", s.key),
+                    None => format!(
+                        "key {}: sealed input missing: the run will enrol and wait",
+                        s.key
+                    ),
                     Some(SealedSource::Inline(_)) => format!("key {}: sealed inline", s.key),
-                    Some(SealedSource::File(p)) => format!("key {}: sealed in {}", s.key, p.display()),
+                    Some(SealedSource::File(p)) => {
+                        format!("key {}: sealed in {}", s.key, p.display())
+                    }
                 },
             })
             .collect();
@@ -227,14 +272,23 @@ impl Plan {
             kind: "GitRepository".into(),
             namespace: Some(FLUX_NAMESPACE.into()),
             name: "flux-system".into(),
-            note: format!("{} branch {} every {}", flux.url, flux.branch, format_go(flux.interval)),
+            note: format!(
+                "{} branch {} every {}",
+                flux.url,
+                flux.branch,
+                format_go(flux.interval)
+            ),
         });
         objects.push(PlannedObject {
             stage: Stage::Sync,
             kind: "Kustomization".into(),
             namespace: Some(FLUX_NAMESPACE.into()),
             name: "flux-system".into(),
-            note: format!("path {} every {}, SOPS decryption with sops-age", flux.path, format_go(flux.kustomization_interval)),
+            note: format!(
+                "path {} every {}, SOPS decryption with sops-age",
+                flux.path,
+                format_go(flux.kustomization_interval)
+            ),
         });
         objects.sort_by(|a, b| a.stage.cmp(&b.stage));
         Plan { steps, objects }
@@ -252,7 +306,14 @@ impl fmt::Display for Plan {
         for (i, s) in self.steps.iter().enumerate() {
             match &s.skip {
                 Some(why) => writeln!(f, "  {}. {:<10} skip: {why}", i + 1, s.id.name())?,
-                None => writeln!(f, "  {}. {:<10} {} (deadline {})", i + 1, s.id.name(), s.action, format_go(s.deadline))?,
+                None => writeln!(
+                    f,
+                    "  {}. {:<10} {} (deadline {})",
+                    i + 1,
+                    s.id.name(),
+                    s.action,
+                    format_go(s.deadline)
+                )?,
             }
         }
         writeln!(f, "Objects ({}):", self.objects.len())?;
@@ -280,14 +341,24 @@ mod tests {
 
     #[test]
     fn talos_plan_runs_every_step_in_order() {
-        let c = config("talos: {}\nflux: { url: https://e.org/o/r, path: kubernetes/flux-system }\nsecrets: [ { name: sops-age, key: age.agekey } ]\n");
+        let c = config(
+            "talos: {}\nflux: { url: https://e.org/o/r, path: kubernetes/flux-system }\nsecrets: [ { name: sops-age, key: age.agekey } ]\n",
+        );
         let plan = Plan::new(&c, vec![]);
         let ids: Vec<StepId> = plan.steps.iter().map(|s| s.id).collect();
         assert_eq!(ids, StepId::ALL.to_vec());
         assert!(plan.steps.iter().all(|s| s.skip.is_none()), "{plan}");
         let text = plan.to_string();
-        assert!(text.contains("Secret flux-system/sops-age (key age.agekey: sealed input missing"), "{text}");
-        assert!(text.contains("Kustomization flux-system/flux-system (path ./kubernetes/flux-system every 10m0s"), "{text}");
+        assert!(
+            text.contains("Secret flux-system/sops-age (key age.agekey: sealed input missing"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "Kustomization flux-system/flux-system (path ./kubernetes/flux-system every 10m0s"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -295,23 +366,52 @@ mod tests {
         let c = config("kubernetes: { kubeconfig: kc }\nflux: { url: https://e.org/o/r }\n");
         let plan = Plan::new(&c, vec![]);
         for id in [StepId::TalosApi, StepId::Etcd, StepId::Kubeconfig] {
-            assert!(plan.step(id).unwrap().skip.as_deref().unwrap().contains("kubeconfig"));
+            assert!(
+                plan.step(id)
+                    .unwrap()
+                    .skip
+                    .as_deref()
+                    .unwrap()
+                    .contains("kubeconfig")
+            );
         }
-        assert_eq!(plan.step(StepId::Secrets).unwrap().skip.as_deref(), Some("no secrets configured"));
+        assert_eq!(
+            plan.step(StepId::Secrets).unwrap().skip.as_deref(),
+            Some("no secrets configured")
+        );
         assert!(plan.step(StepId::Ready).unwrap().skip.is_none());
     }
 
     #[test]
     fn etcd_bootstrap_can_be_turned_off() {
         let c = config("talos: { bootstrapEtcd: false }\nflux: { url: https://e.org/o/r }\n");
-        assert_eq!(Plan::new(&c, vec![]).step(StepId::Etcd).unwrap().skip.as_deref(), Some("talos.bootstrapEtcd is false"));
+        assert_eq!(
+            Plan::new(&c, vec![])
+                .step(StepId::Etcd)
+                .unwrap()
+                .skip
+                .as_deref(),
+            Some("talos.bootstrapEtcd is false")
+        );
     }
 
     #[test]
     fn bundle_objects_are_ordered_by_stage() {
         let c = config("talos: {}\nflux: { url: https://e.org/o/r }\n");
-        let crd = PlannedObject { stage: Stage::Definitions, kind: "CustomResourceDefinition".into(), namespace: None, name: "certificates.cert-manager.io".into(), note: String::new() };
-        let dep = PlannedObject { stage: Stage::Components, kind: "Deployment".into(), namespace: Some("flux-system".into()), name: "source-controller".into(), note: String::new() };
+        let crd = PlannedObject {
+            stage: Stage::Definitions,
+            kind: "CustomResourceDefinition".into(),
+            namespace: None,
+            name: "certificates.cert-manager.io".into(),
+            note: String::new(),
+        };
+        let dep = PlannedObject {
+            stage: Stage::Components,
+            kind: "Deployment".into(),
+            namespace: Some("flux-system".into()),
+            name: "source-controller".into(),
+            note: String::new(),
+        };
         let plan = Plan::new(&c, vec![dep.clone(), crd.clone()]);
         assert_eq!(plan.objects[0], crd);
         assert_eq!(plan.objects[1], dep);

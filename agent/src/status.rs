@@ -165,7 +165,8 @@ pub fn now() -> String {
 }
 
 fn timestamp(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 impl Status {
@@ -228,7 +229,11 @@ impl Status {
     /// Replaces the object lines of one kind of report (matched by kind and name).
     pub fn upsert_objects(&mut self, objects: impl IntoIterator<Item = ObjectRecord>) {
         for o in objects {
-            match self.objects.iter_mut().find(|x| x.kind == o.kind && x.namespace == o.namespace && x.name == o.name) {
+            match self
+                .objects
+                .iter_mut()
+                .find(|x| x.kind == o.kind && x.namespace == o.namespace && x.name == o.name)
+            {
                 Some(existing) => *existing = o,
                 None => self.objects.push(o),
             }
@@ -245,12 +250,27 @@ impl Status {
             Phase::Ready => "READY",
             Phase::Failed => "FAILED",
         };
-        let _ = writeln!(out, "bootstrap-agent {}: {phase}: {}", self.agent_version, self.message);
-        let _ = writeln!(out, "  run {} started {}, updated {}", self.runs, self.started_at, self.updated_at);
+        let _ = writeln!(
+            out,
+            "bootstrap-agent {}: {phase}: {}",
+            self.agent_version, self.message
+        );
+        let _ = writeln!(
+            out,
+            "  run {} started {}, updated {}",
+            self.runs, self.started_at, self.updated_at
+        );
         let _ = writeln!(out, "Steps:");
         for s in &self.steps {
-            let took = s.duration_ms.map(|ms| format_short(Duration::from_millis(ms))).unwrap_or_default();
-            let attempts = if s.attempts > 1 { format!("{} attempts", s.attempts) } else { String::new() };
+            let took = s
+                .duration_ms
+                .map(|ms| format_short(Duration::from_millis(ms)))
+                .unwrap_or_default();
+            let attempts = if s.attempts > 1 {
+                format!("{} attempts", s.attempts)
+            } else {
+                String::new()
+            };
             let note = s.error.as_deref().or(s.message.as_deref()).unwrap_or("");
             let _ = writeln!(
                 out,
@@ -265,8 +285,16 @@ impl Status {
             .map(|()| ());
         }
         if let Some(tpm) = &self.tpm {
-            let _ = writeln!(out, "TPM: waiting for sealed secrets. This TPM's age recipient:\n  {}", tpm.recipient);
-            let _ = writeln!(out, "Seal the SOPS key to it and put the result in the agent's configuration:\n  {}", tpm.command);
+            let _ = writeln!(
+                out,
+                "TPM: waiting for sealed secrets. This TPM's age recipient:\n  {}",
+                tpm.recipient
+            );
+            let _ = writeln!(
+                out,
+                "Seal the SOPS key to it and put the result in the agent's configuration:\n  {}",
+                tpm.command
+            );
         }
         if let Some(e) = &self.last_error {
             let kind = match e.kind {
@@ -274,7 +302,11 @@ impl Status {
                 ErrorKind::Permanent => "permanent",
                 ErrorKind::Config => "configuration",
             };
-            let _ = writeln!(out, "Last error ({kind}, step {}, {}):\n  {}", e.step, e.at, e.message);
+            let _ = writeln!(
+                out,
+                "Last error ({kind}, step {}, {}):\n  {}",
+                e.step, e.at, e.message
+            );
             if let Some(h) = &e.hint {
                 let _ = writeln!(out, "  hint: {h}");
             }
@@ -286,7 +318,14 @@ impl Status {
                     Some(ns) => format!("{ns}/{}", o.name),
                     None => o.name.clone(),
                 };
-                let _ = writeln!(out, "  {:<26} {:<44} {:<12} {}", o.kind, name, o.state, one_line(&o.message));
+                let _ = writeln!(
+                    out,
+                    "  {:<26} {:<44} {:<12} {}",
+                    o.kind,
+                    name,
+                    o.state,
+                    one_line(&o.message)
+                );
             }
         }
         out
@@ -295,17 +334,29 @@ impl Status {
 
 fn one_line(s: &str) -> String {
     let line = s.lines().next().unwrap_or("");
-    if line.chars().count() > 160 { format!("{}...", line.chars().take(157).collect::<String>()) } else { line.to_string() }
+    if line.chars().count() > 160 {
+        format!("{}...", line.chars().take(157).collect::<String>())
+    } else {
+        line.to_string()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("cannot write status file {path}: {source} (fix: make its directory writable; on Talos mount /var/lib/bootstrap-agent into the service)")]
-    Write { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot write status file {path}: {source} (fix: make its directory writable; on Talos mount /var/lib/bootstrap-agent into the service)"
+    )]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("status document is not valid: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("status file {path} is not a bootstrap-agent status document: {source}")]
-    Decode { path: PathBuf, source: serde_json::Error },
+    Decode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// Writes the status document atomically: a temporary file in the same directory, fsync,
@@ -327,11 +378,19 @@ impl StatusFile {
     /// Reads the previous run's document. A missing file is `Ok(None)`.
     pub fn load(&self) -> Result<Option<Status>, StatusError> {
         match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| StatusError::Decode { path: self.path.clone(), source }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| StatusError::Decode {
+                        path: self.path.clone(),
+                        source,
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StatusError::Write { path: self.path.clone(), source }),
+            Err(source) => Err(StatusError::Write {
+                path: self.path.clone(),
+                source,
+            }),
         }
     }
 
@@ -340,7 +399,11 @@ impl StatusFile {
         status.updated_at = now();
         let mut bytes = serde_json::to_vec_pretty(status)?;
         bytes.push(b'\n');
-        self.write_bytes(&bytes).map_err(|source| StatusError::Write { path: self.path.clone(), source })
+        self.write_bytes(&bytes)
+            .map_err(|source| StatusError::Write {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     fn write_bytes(&self, bytes: &[u8]) -> std::io::Result<()> {
@@ -349,10 +412,18 @@ impl StatusFile {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&dir)?;
-        let file_name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "status.json".into());
+        let file_name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "status.json".into());
         let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
         let result = (|| {
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
             f.write_all(bytes)?;
             f.sync_all()?;
             drop(f);
@@ -367,7 +438,10 @@ impl StatusFile {
 
     /// Keeps an unreadable previous document aside (the agent never deletes what it cannot read).
     pub fn set_aside(&self) -> std::io::Result<PathBuf> {
-        let aside = self.path.with_extension(format!("json.unreadable-{}", OffsetDateTime::now_utc().unix_timestamp()));
+        let aside = self.path.with_extension(format!(
+            "json.unreadable-{}",
+            OffsetDateTime::now_utc().unix_timestamp()
+        ));
         std::fs::rename(&self.path, &aside)?;
         Ok(aside)
     }
@@ -394,7 +468,10 @@ mod tests {
             hint: Some("fix the manifests in Git".into()),
             at: now(),
         });
-        s.tpm = Some(TpmRecord { recipient: "age1xyz".into(), command: "age -a -r age1xyz -o sops-age.tpm.age .age-key.txt".into() });
+        s.tpm = Some(TpmRecord {
+            recipient: "age1xyz".into(),
+            command: "age -a -r age1xyz -o sops-age.tpm.age .age-key.txt".into(),
+        });
         s.upsert_objects([ObjectRecord {
             kind: "Kustomization".into(),
             namespace: Some("flux-system".into()),
@@ -409,7 +486,12 @@ mod tests {
     fn json_round_trips_with_camel_case_fields() {
         let s = sample();
         let json = serde_json::to_string(&s).unwrap();
-        assert!(json.contains("\"schemaVersion\":1") && json.contains("\"lastError\"") && json.contains("\"kube-api\""), "{json}");
+        assert!(
+            json.contains("\"schemaVersion\":1")
+                && json.contains("\"lastError\"")
+                && json.contains("\"kube-api\""),
+            "{json}"
+        );
         let back: Status = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);
     }
@@ -418,7 +500,13 @@ mod tests {
     fn render_shows_phase_steps_error_hint_and_recipient() {
         let text = sample().render();
         assert!(text.contains("FAILED: ready failed"), "{text}");
-        assert!(text.contains("[ok] etcd") && text.contains("1.5s") && text.contains("3 attempts") && text.contains("bootstrapped"), "{text}");
+        assert!(
+            text.contains("[ok] etcd")
+                && text.contains("1.5s")
+                && text.contains("3 attempts")
+                && text.contains("bootstrapped"),
+            "{text}"
+        );
         assert!(text.contains("hint: fix the manifests in Git"), "{text}");
         assert!(text.contains("age -a -r age1xyz"), "{text}");
         assert!(text.contains("flux-system/flux-system"), "{text}");
@@ -435,8 +523,15 @@ mod tests {
         s.message = "second".into();
         file.write(&mut s).unwrap();
         assert_eq!(file.load().unwrap().unwrap().message, "second");
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("nested")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(leftovers.len(), 1, "temporary files left behind: {leftovers:?}");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("nested"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            leftovers.len(),
+            1,
+            "temporary files left behind: {leftovers:?}"
+        );
     }
 
     #[test]
@@ -446,7 +541,11 @@ mod tests {
         std::fs::write(&path, b"{not json").unwrap();
         let file = StatusFile::new(&path);
         let err = file.load().unwrap_err();
-        assert!(err.to_string().contains("not a bootstrap-agent status document"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("not a bootstrap-agent status document"),
+            "{err}"
+        );
         let aside = file.set_aside().unwrap();
         assert_eq!(std::fs::read(aside).unwrap(), b"{not json");
     }
@@ -458,6 +557,9 @@ mod tests {
         std::fs::write(&blocker, b"x").unwrap();
         let file = StatusFile::new(blocker.join("status.json"));
         let err = file.write(&mut Status::new(&StepId::ALL)).unwrap_err();
-        assert!(err.to_string().contains(&*blocker.to_string_lossy()), "{err}");
+        assert!(
+            err.to_string().contains(&*blocker.to_string_lossy()),
+            "{err}"
+        );
     }
 }
