@@ -34,19 +34,35 @@ impl Reader<'_> {
     }
     fn u16(&self, at: usize) -> Option<u16> {
         let b: [u8; 2] = self.slice(at, 2)?.try_into().ok()?;
-        Some(if self.little { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) })
+        Some(if self.little {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        })
     }
     fn u32(&self, at: usize) -> Option<u32> {
         let b: [u8; 4] = self.slice(at, 4)?.try_into().ok()?;
-        Some(if self.little { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) })
+        Some(if self.little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
     }
     fn u64(&self, at: usize) -> Option<u64> {
         let b: [u8; 8] = self.slice(at, 8)?.try_into().ok()?;
-        Some(if self.little { u64::from_le_bytes(b) } else { u64::from_be_bytes(b) })
+        Some(if self.little {
+            u64::from_le_bytes(b)
+        } else {
+            u64::from_be_bytes(b)
+        })
     }
     /// A word: 4 bytes in ELF32, 8 in ELF64.
     fn word(&self, at: usize, wide: bool) -> Option<u64> {
-        if wide { self.u64(at) } else { self.u32(at).map(u64::from) }
+        if wide {
+            self.u64(at)
+        } else {
+            self.u32(at).map(u64::from)
+        }
     }
 }
 
@@ -93,7 +109,11 @@ fn inspect(bytes: &[u8]) -> Result<ElfKind, &'static str> {
             .ok_or(truncated)?;
         let p_type = r.u32(at).ok_or(truncated)?;
         // ELF64: p_type, p_flags, p_offset, ...; ELF32: p_type, p_offset, ..., p_filesz at 16.
-        let (off_at, filesz_at) = if wide { (at + 8, at + 32) } else { (at + 4, at + 16) };
+        let (off_at, filesz_at) = if wide {
+            (at + 8, at + 32)
+        } else {
+            (at + 4, at + 16)
+        };
         let offset = r.word(off_at, wide).ok_or(truncated)?;
         let filesz = r.word(filesz_at, wide).ok_or(truncated)?;
         match p_type {
@@ -102,9 +122,15 @@ fn inspect(bytes: &[u8]) -> Result<ElfKind, &'static str> {
                     .ok()
                     .zip(usize::try_from(filesz).ok())
                     .and_then(|(o, l)| r.slice(o, l))
-                    .map(|s| String::from_utf8_lossy(s).trim_end_matches('\0').to_string())
+                    .map(|s| {
+                        String::from_utf8_lossy(s)
+                            .trim_end_matches('\0')
+                            .to_string()
+                    })
                     .unwrap_or_else(|| "an unreadable interpreter path".to_string());
-                return Ok(ElfKind::Dynamic(format!("has a program interpreter ({interp})")));
+                return Ok(ElfKind::Dynamic(format!(
+                    "has a program interpreter ({interp})"
+                )));
             }
             PT_DYNAMIC => {
                 let o = usize::try_from(offset).map_err(|_| truncated)?;
@@ -123,7 +149,9 @@ fn inspect(bytes: &[u8]) -> Result<ElfKind, &'static str> {
                 break;
             }
             if tag == DT_NEEDED {
-                return Ok(ElfKind::Dynamic("needs shared libraries (DT_NEEDED)".to_string()));
+                return Ok(ElfKind::Dynamic(
+                    "needs shared libraries (DT_NEEDED)".to_string(),
+                ));
             }
             at += entry;
         }
@@ -181,17 +209,33 @@ pub fn synthetic_elf(interp: bool, needed: bool, static_pie: bool) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn classifies_synthetic_binaries() {
-        assert_eq!(classify(&synthetic_elf(false, false, false)), ElfKind::Static);
-        assert_eq!(classify(&synthetic_elf(false, false, true)), ElfKind::Static);
-        assert!(matches!(classify(&synthetic_elf(true, false, false)), ElfKind::Dynamic(m) if m.contains("ld-linux")));
-        assert!(matches!(classify(&synthetic_elf(false, true, false)), ElfKind::Dynamic(m) if m.contains("DT_NEEDED")));
-        assert!(matches!(classify(b"#!/bin/sh\necho hi\n"), ElfKind::NotElf(_)));
-        assert!(matches!(classify(&synthetic_elf(false, false, false)[..20]), ElfKind::NotElf(m) if m.contains("truncated")));
+        assert_eq!(
+            classify(&synthetic_elf(false, false, false)),
+            ElfKind::Static
+        );
+        assert_eq!(
+            classify(&synthetic_elf(false, false, true)),
+            ElfKind::Static
+        );
+        assert!(
+            matches!(classify(&synthetic_elf(true, false, false)), ElfKind::Dynamic(m) if m.contains("ld-linux"))
+        );
+        assert!(
+            matches!(classify(&synthetic_elf(false, true, false)), ElfKind::Dynamic(m) if m.contains("DT_NEEDED"))
+        );
+        assert!(matches!(
+            classify(b"#!/bin/sh\necho hi\n"),
+            ElfKind::NotElf(_)
+        ));
+        assert!(
+            matches!(classify(&synthetic_elf(false, false, false)[..20]), ElfKind::NotElf(m) if m.contains("truncated"))
+        );
     }
 
     #[test]

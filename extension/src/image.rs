@@ -56,7 +56,11 @@ pub fn extension_tree(inputs: &BuildInputs) -> Result<Tree, Error> {
         source,
     })?;
     let mut tree = Tree::default();
-    tree.add_file("manifest.yaml", manifest(&inputs.version).into_bytes(), 0o644);
+    tree.add_file(
+        "manifest.yaml",
+        manifest(&inputs.version).into_bytes(),
+        0o644,
+    );
     tree.add_dir("rootfs", 0o755);
     tree.add_file(
         &format!("rootfs/usr/local/etc/containers/{SERVICE}.yaml"),
@@ -87,7 +91,11 @@ fn add_bundle(tree: &mut Tree, bundle: &Path) -> Result<(), Error> {
         match entry.node {
             Node::Dir => tree.add_dir(&dest, 0o755),
             Node::File(data) => {
-                let mode = if entry.mode & 0o111 != 0 { 0o755 } else { 0o644 };
+                let mode = if entry.mode & 0o111 != 0 {
+                    0o755
+                } else {
+                    0o644
+                };
                 tree.add_file(&dest, data, mode);
             }
             Node::Symlink(_) | Node::Special(_) => {

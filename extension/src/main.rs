@@ -75,13 +75,28 @@ fn run(command: Command) -> Result<ExitCode, bootstrap_agent_extension::Error> {
                 return Ok(ExitCode::from(1));
             }
             println!("digest:   {}", built.digest);
-            println!("layout:   {}  (skopeo copy oci:{}:{} ..., imager ociPath)", built.layout.display(), built.layout.display(), built.tag);
-            println!("archive:  {}  (skopeo copy oci-archive:...)", built.archive.display());
-            println!("flat tar: {}  (imager tarballPath)", built.flat_tar.display());
+            println!(
+                "layout:   {}  (skopeo copy oci:{}:{} ..., imager ociPath)",
+                built.layout.display(),
+                built.layout.display(),
+                built.tag
+            );
+            println!(
+                "archive:  {}  (skopeo copy oci-archive:...)",
+                built.archive.display()
+            );
+            println!(
+                "flat tar: {}  (imager tarballPath)",
+                built.flat_tar.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { path, talos_rules } => {
-            let policy = if talos_rules { Policy::talos() } else { Policy::bootstrap_agent() };
+            let policy = if talos_rules {
+                Policy::talos()
+            } else {
+                Policy::bootstrap_agent()
+            };
             let reports = validate::validate_path(&path, &policy)?;
             if print_reports(&reports) {
                 Ok(ExitCode::from(1))

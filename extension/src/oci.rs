@@ -219,7 +219,10 @@ pub fn read_images(
     let Some(index) = files("index.json") else {
         return vec![(
             source.to_string(),
-            Err(vec![problem("index.json", "missing: not an OCI image layout".into())]),
+            Err(vec![problem(
+                "index.json",
+                "missing: not an OCI image layout".into(),
+            )]),
         )];
     };
     let index: Index = match serde_json::from_slice(&index) {
@@ -227,7 +230,10 @@ pub fn read_images(
         Err(e) => {
             return vec![(
                 source.to_string(),
-                Err(vec![problem("index.json", format!("not a valid OCI index: {e}"))]),
+                Err(vec![problem(
+                    "index.json",
+                    format!("not a valid OCI index: {e}"),
+                )]),
             )];
         }
     };
@@ -280,7 +286,11 @@ fn blob(
     if bytes.len() as u64 != desc.size {
         return Err(problem(
             &rel,
-            format!("blob size mismatch: descriptor says {}, blob has {}", desc.size, bytes.len()),
+            format!(
+                "blob size mismatch: descriptor says {}, blob has {}",
+                desc.size,
+                bytes.len()
+            ),
         ));
     }
     Ok(bytes)
@@ -296,16 +306,25 @@ fn read_image(
     {
         return Err(vec![problem(
             "index.json",
-            format!("manifest {} has media type {}, expected an image manifest", desc.digest, desc.media_type),
+            format!(
+                "manifest {} has media type {}, expected an image manifest",
+                desc.digest, desc.media_type
+            ),
         )]);
     }
     let manifest = blob(files, desc, problem).map_err(|p| vec![p])?;
     let manifest: Manifest = serde_json::from_slice(&manifest).map_err(|e| {
-        vec![problem(&format!("blobs/{}", desc.digest), format!("not a valid image manifest: {e}"))]
+        vec![problem(
+            &format!("blobs/{}", desc.digest),
+            format!("not a valid image manifest: {e}"),
+        )]
     })?;
     let config = blob(files, &manifest.config, problem).map_err(|p| vec![p])?;
     let config: ImageConfig = serde_json::from_slice(&config).map_err(|e| {
-        vec![problem(&format!("blobs/{}", manifest.config.digest), format!("not a valid image config: {e}"))]
+        vec![problem(
+            &format!("blobs/{}", manifest.config.digest),
+            format!("not a valid image config: {e}"),
+        )]
     })?;
     let mut problems = Vec::new();
     if config.os.as_deref() != Some("linux") || config.architecture.as_deref() != Some("amd64") {
@@ -322,7 +341,11 @@ fn read_image(
     if diff_ids.len() != manifest.layers.len() {
         problems.push(problem(
             &format!("blobs/{}", manifest.config.digest),
-            format!("config lists {} diff_ids for {} layers", diff_ids.len(), manifest.layers.len()),
+            format!(
+                "config lists {} diff_ids for {} layers",
+                diff_ids.len(),
+                manifest.layers.len()
+            ),
         ));
     }
     let mut tree = Tree::default();
@@ -339,7 +362,10 @@ fn read_image(
         } else {
             let mut out = Vec::new();
             if let Err(e) = flate2::read::GzDecoder::new(bytes.as_slice()).read_to_end(&mut out) {
-                problems.push(problem(&format!("blobs/{}", layer.digest), format!("layer is not valid gzip: {e}")));
+                problems.push(problem(
+                    &format!("blobs/{}", layer.digest),
+                    format!("layer is not valid gzip: {e}"),
+                ));
                 continue;
             }
             out
@@ -356,7 +382,11 @@ fn read_image(
             problems.push(problem(&format!("blobs/{}", layer.digest), e.to_string()));
         }
     }
-    if problems.is_empty() { Ok(tree) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(tree)
+    } else {
+        Err(problems)
+    }
 }
 
 /// Reads all regular files of a tar into memory (for an OCI archive).

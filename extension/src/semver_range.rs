@@ -129,13 +129,18 @@ fn identifier(id: &str, numeric_no_leading_zero: bool) -> Result<(), String> {
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(format!("identifier `{id}` must be non-empty [0-9A-Za-z-]"));
     }
-    if numeric_no_leading_zero && id.len() > 1 && id.starts_with('0') && id.bytes().all(|b| b.is_ascii_digit()) {
+    if numeric_no_leading_zero
+        && id.len() > 1
+        && id.starts_with('0')
+        && id.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(format!("numeric identifier `{id}` has a leading zero"));
     }
     Ok(())
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::check;
 
@@ -156,7 +161,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_ranges() {
-        for bad in ["", ">= ", ">=1.12", "~1.12.0", ">=1.012.0", "|| >=1.0.0", ">=1.0.0 ||", "latest"] {
+        for bad in [
+            "",
+            ">= ",
+            ">=1.12",
+            "~1.12.0",
+            ">=1.012.0",
+            "|| >=1.0.0",
+            ">=1.0.0 ||",
+            "latest",
+        ] {
             assert!(check(bad).is_err(), "{bad} should be rejected");
         }
     }

@@ -37,7 +37,11 @@ pub fn normalise(path: &str) -> Option<String> {
         .split('/')
         .filter(|p| !p.is_empty() && *p != ".")
         .collect();
-    if parts.is_empty() { None } else { Some(parts.join("/")) }
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join("/"))
+    }
 }
 
 impl Tree {
@@ -45,8 +49,13 @@ impl Tree {
     pub fn add_dir(&mut self, path: &str, mode: u32) {
         let Some(path) = normalise(path) else { return };
         self.add_parents(&path);
-        self.entries
-            .insert(path, Entry { node: Node::Dir, mode });
+        self.entries.insert(
+            path,
+            Entry {
+                node: Node::Dir,
+                mode,
+            },
+        );
     }
 
     /// Adds a regular file and any missing parent directories (mode 0755).
@@ -117,7 +126,9 @@ impl Tree {
         for entry in archive.entries().map_err(tar_err)? {
             let mut entry = entry.map_err(tar_err)?;
             let raw = entry.path().map_err(tar_err)?.to_string_lossy().to_string();
-            let Some(path) = normalise(&raw) else { continue };
+            let Some(path) = normalise(&raw) else {
+                continue;
+            };
             let (parent, name) = match path.rsplit_once('/') {
                 Some((p, n)) => (Some(p.to_string()), n.to_string()),
                 None => (None, path.clone()),
@@ -275,6 +286,7 @@ fn walk(root: &Path, dir: &Path, tree: &mut Tree) -> Result<(), Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -297,7 +309,8 @@ mod tests {
         let mut upper = Tree::default();
         upper.add_file("a/.wh.b", Vec::new(), 0o644);
         let mut t = base.clone();
-        t.apply_layer(upper.to_tar().unwrap().as_slice(), "upper").unwrap();
+        t.apply_layer(upper.to_tar().unwrap().as_slice(), "upper")
+            .unwrap();
         assert!(t.get("a/b").is_none());
         assert!(t.get("a/c").is_some());
     }

@@ -139,7 +139,10 @@ pub fn validate_path(path: &Path, policy: &Policy) -> Result<Vec<Report>, Error>
     if meta.is_dir() {
         if path.join("oci-layout").is_file() {
             let read = |rel: &str| std::fs::read(path.join(rel)).ok();
-            return Ok(reports_from_images(oci::read_images(&read, &subject), policy));
+            return Ok(reports_from_images(
+                oci::read_images(&read, &subject),
+                policy,
+            ));
         }
         let tree = Tree::from_dir(path)?;
         return Ok(vec![Report {
@@ -154,7 +157,10 @@ pub fn validate_path(path: &Path, policy: &Policy) -> Result<Vec<Report>, Error>
     let files = oci::tar_files(&bytes, &subject)?;
     if files.contains_key("oci-layout") {
         let read = |rel: &str| files.get(rel).cloned();
-        return Ok(reports_from_images(oci::read_images(&read, &subject), policy));
+        return Ok(reports_from_images(
+            oci::read_images(&read, &subject),
+            policy,
+        ));
     }
     let tree = Tree::from_tar(bytes.as_slice(), &subject)?;
     Ok(vec![Report {
@@ -212,26 +218,45 @@ pub fn validate_tree(tree: &Tree, policy: &Policy) -> Vec<Finding> {
     }
     match tree.get("rootfs").map(|e| &e.node) {
         Some(Node::Dir) => {}
-        Some(_) => add("rootfs", Rule::TopLevel, "rootfs must be a directory".into()),
+        Some(_) => add(
+            "rootfs",
+            Rule::TopLevel,
+            "rootfs must be a directory".into(),
+        ),
         None => add("rootfs", Rule::TopLevel, "rootfs/ is missing".into()),
     }
     match tree.get("manifest.yaml").map(|e| &e.node) {
         Some(Node::File(bytes)) => check_manifest(bytes, policy, &mut add),
-        Some(_) => add("manifest.yaml", Rule::TopLevel, "manifest.yaml must be a regular file".into()),
-        None => add("manifest.yaml", Rule::TopLevel, "manifest.yaml is missing".into()),
+        Some(_) => add(
+            "manifest.yaml",
+            Rule::TopLevel,
+            "manifest.yaml must be a regular file".into(),
+        ),
+        None => add(
+            "manifest.yaml",
+            Rule::TopLevel,
+            "manifest.yaml is missing".into(),
+        ),
     }
 
     // Every entry: modes, kinds, allowed paths.
     for (path, entry) in &tree.entries {
         if let Node::Special(kind) = entry.node {
-            add(path, Rule::SpecialFile, format!("{kind}: special files are not allowed in extensions"));
+            add(
+                path,
+                Rule::SpecialFile,
+                format!("{kind}: special files are not allowed in extensions"),
+            );
         }
         let is_symlink = matches!(entry.node, Node::Symlink(_));
         if !is_symlink && entry.mode & 0o002 != 0 {
             add(
                 path,
                 Rule::WorldWritable,
-                format!("mode {:04o} is world-writable; drop the o+w bit", entry.mode),
+                format!(
+                    "mode {:04o} is world-writable; drop the o+w bit",
+                    entry.mode
+                ),
             );
         }
         if let Some(inside) = path.strip_prefix("rootfs/")
@@ -258,7 +283,9 @@ pub fn validate_tree(tree: &Tree, policy: &Policy) -> Vec<Finding> {
     // Service specs.
     let mut services = Vec::new();
     for (path, entry) in tree.entries.range(format!("{SPEC_DIR}/")..) {
-        let Some(file) = path.strip_prefix(&format!("{SPEC_DIR}/")) else { break };
+        let Some(file) = path.strip_prefix(&format!("{SPEC_DIR}/")) else {
+            break;
+        };
         if file.contains('/') || !file.ends_with(".yaml") {
             continue;
         }
@@ -298,7 +325,11 @@ fn check_manifest(bytes: &[u8], policy: &Policy, add: &mut impl FnMut(&str, Rule
             Rule::ManifestVersion,
             format!("version is `{other}`; the only version Talos accepts is `v1alpha1`"),
         ),
-        None => add(path, Rule::ManifestVersion, "version is missing; set `version: v1alpha1`".into()),
+        None => add(
+            path,
+            Rule::ManifestVersion,
+            "version is missing; set `version: v1alpha1`".into(),
+        ),
     }
     let meta = doc.get("metadata");
     for field in ["name", "version"] {
@@ -307,14 +338,22 @@ fn check_manifest(bytes: &[u8], policy: &Policy, add: &mut impl FnMut(&str, Rule
             .and_then(Value::as_str)
             .is_some_and(|s| !s.trim().is_empty());
         if !ok {
-            add(path, Rule::ManifestField, format!("metadata.{field} must be a non-empty string"));
+            add(
+                path,
+                Rule::ManifestField,
+                format!("metadata.{field} must be a non-empty string"),
+            );
         }
     }
     for field in ["author", "description"] {
         if let Some(v) = meta.and_then(|m| m.get(field))
             && !v.is_string()
         {
-            add(path, Rule::ManifestField, format!("metadata.{field} must be a string"));
+            add(
+                path,
+                Rule::ManifestField,
+                format!("metadata.{field} must be a string"),
+            );
         }
     }
     match meta
@@ -348,7 +387,14 @@ fn check_manifest(bytes: &[u8], policy: &Policy, add: &mut impl FnMut(&str, Rule
 const DEPENDENCY_KINDS: &[&str] = &["service", "path", "network", "time", "configuration"];
 const NETWORK_STATUSES: &[&str] = &["addresses", "connectivity", "hostname", "etcfiles"];
 const SPEC_FIELDS: &[&str] = &["name", "container", "depends", "restart", "logToConsole"];
-const CONTAINER_FIELDS: &[&str] = &["entrypoint", "environment", "environmentFile", "args", "mounts", "security"];
+const CONTAINER_FIELDS: &[&str] = &[
+    "entrypoint",
+    "environment",
+    "environmentFile",
+    "args",
+    "mounts",
+    "security",
+];
 
 /// Checks one service spec; returns its name when it is valid enough to identify.
 fn check_service(
@@ -366,7 +412,11 @@ fn check_service(
         }
     };
     let Some(map) = doc.as_object() else {
-        add(path, Rule::ServiceSyntax, "a service spec must be a mapping".into());
+        add(
+            path,
+            Rule::ServiceSyntax,
+            "a service spec must be a mapping".into(),
+        );
         return None;
     };
     for key in map.keys() {
@@ -374,7 +424,10 @@ fn check_service(
             add(
                 path,
                 Rule::ServiceField,
-                format!("unknown field `{key}` (Talos ignores it silently; expected one of {})", SPEC_FIELDS.join(", ")),
+                format!(
+                    "unknown field `{key}` (Talos ignores it silently; expected one of {})",
+                    SPEC_FIELDS.join(", ")
+                ),
             );
         }
     }
@@ -397,36 +450,61 @@ fn check_service(
             Rule::ServiceRestart,
             format!(
                 "restart is {}; it must be one of always, never, untilSuccess",
-                other.map(|s| format!("`{s}`")).unwrap_or_else(|| "missing".into())
+                other
+                    .map(|s| format!("`{s}`"))
+                    .unwrap_or_else(|| "missing".into())
             ),
         ),
     }
     if let Some(v) = doc.get("logToConsole")
         && !v.is_boolean()
     {
-        add(path, Rule::ServiceField, "logToConsole must be true or false".into());
+        add(
+            path,
+            Rule::ServiceField,
+            "logToConsole must be true or false".into(),
+        );
     }
     let container = doc.get("container");
     if let Some(c) = container.and_then(Value::as_object) {
         for key in c.keys() {
             if !CONTAINER_FIELDS.contains(&key.as_str()) {
-                add(path, Rule::ServiceField, format!("unknown field `container.{key}`"));
+                add(
+                    path,
+                    Rule::ServiceField,
+                    format!("unknown field `container.{key}`"),
+                );
             }
         }
     } else {
-        add(path, Rule::ServiceField, "container is missing or not a mapping".into());
+        add(
+            path,
+            Rule::ServiceField,
+            "container is missing or not a mapping".into(),
+        );
     }
     for list in ["args", "environment"] {
         if let Some(v) = container.and_then(|c| c.get(list))
             && !v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
         {
-            add(path, Rule::ServiceField, format!("container.{list} must be a list of strings"));
+            add(
+                path,
+                Rule::ServiceField,
+                format!("container.{list} must be a list of strings"),
+            );
         }
     }
-    if let Some(env) = container.and_then(|c| c.get("environment")).and_then(Value::as_array) {
+    if let Some(env) = container
+        .and_then(|c| c.get("environment"))
+        .and_then(Value::as_array)
+    {
         for e in env.iter().filter_map(Value::as_str) {
             if !e.contains('=') {
-                add(path, Rule::ServiceField, format!("container.environment entry `{e}` is not KEY=value"));
+                add(
+                    path,
+                    Rule::ServiceField,
+                    format!("container.environment entry `{e}` is not KEY=value"),
+                );
             }
         }
     }
@@ -439,7 +517,11 @@ fn check_service(
                 .and_then(Value::as_bool)
                 == Some(true)
             {
-                add(path, Rule::LeastPrivilege, format!("container.security.{flag} is true; this service must not need it"));
+                add(
+                    path,
+                    Rule::LeastPrivilege,
+                    format!("container.security.{flag} is true; this service must not need it"),
+                );
             }
         }
     }
@@ -450,7 +532,11 @@ fn check_service(
         .and_then(Value::as_str)
         .unwrap_or("");
     if entrypoint.is_empty() {
-        add(path, Rule::ServiceField, "container.entrypoint is missing or empty".into());
+        add(
+            path,
+            Rule::ServiceField,
+            "container.entrypoint is missing or empty".into(),
+        );
     } else if name_ok {
         check_entrypoint(path, name, entrypoint, tree, add);
     }
@@ -460,19 +546,31 @@ fn check_service(
 fn check_mounts(path: &str, mounts: Option<&Value>, add: &mut impl FnMut(&str, Rule, String)) {
     let Some(mounts) = mounts else { return };
     let Some(list) = mounts.as_array() else {
-        return add(path, Rule::ServiceField, "container.mounts must be a list".into());
+        return add(
+            path,
+            Rule::ServiceField,
+            "container.mounts must be a list".into(),
+        );
     };
     for (i, m) in list.iter().enumerate() {
         for field in ["source", "destination"] {
             match m.get(field).and_then(Value::as_str) {
                 Some(p) if p.starts_with('/') => {}
-                _ => add(path, Rule::ServiceField, format!("container.mounts[{i}].{field} must be an absolute path")),
+                _ => add(
+                    path,
+                    Rule::ServiceField,
+                    format!("container.mounts[{i}].{field} must be an absolute path"),
+                ),
             }
         }
         if let Some(o) = m.get("options")
             && !o.as_array().is_some_and(|a| a.iter().all(Value::is_string))
         {
-            add(path, Rule::ServiceField, format!("container.mounts[{i}].options must be a list of strings"));
+            add(
+                path,
+                Rule::ServiceField,
+                format!("container.mounts[{i}].options must be a list of strings"),
+            );
         }
     }
 }
@@ -484,7 +582,11 @@ fn check_depends(path: &str, depends: Option<&Value>, add: &mut impl FnMut(&str,
     };
     for (i, dep) in list.iter().enumerate() {
         let Some(map) = dep.as_object() else {
-            add(path, Rule::ServiceDepends, format!("depends[{i}] must be a mapping with one key"));
+            add(
+                path,
+                Rule::ServiceDepends,
+                format!("depends[{i}] must be a mapping with one key"),
+            );
             continue;
         };
         let mut set = 0;
@@ -492,15 +594,27 @@ fn check_depends(path: &str, depends: Option<&Value>, add: &mut impl FnMut(&str,
             match key.as_str() {
                 "service" => match value.as_str() {
                     Some(s) if !s.is_empty() => set += 1,
-                    _ => add(path, Rule::ServiceDepends, format!("depends[{i}].service must name a service")),
+                    _ => add(
+                        path,
+                        Rule::ServiceDepends,
+                        format!("depends[{i}].service must name a service"),
+                    ),
                 },
                 "path" => match value.as_str() {
                     Some(p) if p.starts_with('/') => set += 1,
                     Some(p) => {
                         set += 1;
-                        add(path, Rule::ServiceDepends, format!("depends[{i}].path `{p}` is not absolute"));
+                        add(
+                            path,
+                            Rule::ServiceDepends,
+                            format!("depends[{i}].path `{p}` is not absolute"),
+                        );
                     }
-                    None => add(path, Rule::ServiceDepends, format!("depends[{i}].path must be a string")),
+                    None => add(
+                        path,
+                        Rule::ServiceDepends,
+                        format!("depends[{i}].path must be a string"),
+                    ),
                 },
                 "network" => match value.as_array() {
                     Some(a) if !a.is_empty() => {
@@ -511,32 +625,52 @@ fn check_depends(path: &str, depends: Option<&Value>, add: &mut impl FnMut(&str,
                                 add(
                                     path,
                                     Rule::ServiceDepends,
-                                    format!("depends[{i}].network: `{s}` is not one of {}", NETWORK_STATUSES.join(", ")),
+                                    format!(
+                                        "depends[{i}].network: `{s}` is not one of {}",
+                                        NETWORK_STATUSES.join(", ")
+                                    ),
                                 );
                             }
                         }
                     }
-                    _ => add(path, Rule::ServiceDepends, format!("depends[{i}].network must be a non-empty list")),
+                    _ => add(
+                        path,
+                        Rule::ServiceDepends,
+                        format!("depends[{i}].network must be a non-empty list"),
+                    ),
                 },
                 "time" | "configuration" => match value.as_bool() {
                     Some(true) => set += 1,
                     Some(false) => {}
-                    None => add(path, Rule::ServiceDepends, format!("depends[{i}].{key} must be true")),
+                    None => add(
+                        path,
+                        Rule::ServiceDepends,
+                        format!("depends[{i}].{key} must be true"),
+                    ),
                 },
                 other => add(
                     path,
                     Rule::ServiceDepends,
-                    format!("depends[{i}]: unknown dependency kind `{other}` (expected one of {})", DEPENDENCY_KINDS.join(", ")),
+                    format!(
+                        "depends[{i}]: unknown dependency kind `{other}` (expected one of {})",
+                        DEPENDENCY_KINDS.join(", ")
+                    ),
                 ),
             }
         }
         if set == 0 {
-            add(path, Rule::ServiceDepends, format!("depends[{i}] specifies no dependency"));
+            add(
+                path,
+                Rule::ServiceDepends,
+                format!("depends[{i}] specifies no dependency"),
+            );
         } else if set > 1 {
             add(
                 path,
                 Rule::ServiceDepends,
-                format!("depends[{i}] sets {set} dependencies; each entry must hold exactly one (split it into several entries)"),
+                format!(
+                    "depends[{i}] sets {set} dependencies; each entry must hold exactly one (split it into several entries)"
+                ),
             );
         }
     }
@@ -558,26 +692,38 @@ fn check_entrypoint(
     }
     let root = format!("{CONTAINERS_DIR}/{name}");
     let Some(rel) = normalise(entrypoint) else {
-        return add(spec_path, Rule::EntrypointMissing, format!("entrypoint `{entrypoint}` names no file"));
+        return add(
+            spec_path,
+            Rule::EntrypointMissing,
+            format!("entrypoint `{entrypoint}` names no file"),
+        );
     };
     let target = format!("{root}/{rel}");
     match tree.get(&target) {
         None => add(
             &target,
             Rule::EntrypointMissing,
-            format!("entrypoint `{entrypoint}` of service `{name}` does not exist (it is relative to /usr/local/lib/containers/{name}/)"),
+            format!(
+                "entrypoint `{entrypoint}` of service `{name}` does not exist (it is relative to /usr/local/lib/containers/{name}/)"
+            ),
         ),
         Some(entry) => match &entry.node {
             Node::File(bytes) => {
                 if entry.mode & 0o111 == 0 {
-                    add(&target, Rule::EntrypointNotExecutable, format!("mode {:04o} has no execute bit", entry.mode));
+                    add(
+                        &target,
+                        Rule::EntrypointNotExecutable,
+                        format!("mode {:04o} has no execute bit", entry.mode),
+                    );
                 }
                 match elf::classify(bytes) {
                     ElfKind::Static => {}
                     ElfKind::Dynamic(why) => add(
                         &target,
                         Rule::EntrypointNotStatic,
-                        format!("dynamically linked: {why}; the service root holds no libraries, build it static (musl)"),
+                        format!(
+                            "dynamically linked: {why}; the service root holds no libraries, build it static (musl)"
+                        ),
                     ),
                     ElfKind::NotElf(why) => add(
                         &target,
@@ -591,7 +737,11 @@ fn check_entrypoint(
                 Rule::EntrypointMissing,
                 format!("entrypoint is a symlink to `{to}`; point the spec at the file itself"),
             ),
-            _ => add(&target, Rule::EntrypointMissing, "entrypoint is not a regular file".into()),
+            _ => add(
+                &target,
+                Rule::EntrypointMissing,
+                "entrypoint is not a regular file".into(),
+            ),
         },
     }
 }
