@@ -553,3 +553,91 @@ fn the_real_agent_builds_into_a_valid_image() {
         vec![]
     );
 }
+
+fn compile(dir: &Path, compiler: &str, flags: &[&str], name: &str) -> PathBuf {
+    let src = dir.join("hello.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\nint main(void){puts(\"hello from the extension\");return 0;}\n",
+    )
+    .unwrap();
+    let out = dir.join(name);
+    let status = Command::new(tool(compiler))
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{compiler} {flags:?} failed");
+    out
+}
+
+#[test]
+fn real_static_and_dynamic_binaries_are_told_apart_and_the_static_one_runs_from_the_image() {
+    use bootstrap_agent_extension::elf::{ElfKind, classify};
+    let dir = tempfile::tempdir().unwrap();
+    let musl_static = compile(dir.path(), "musl-gcc", &["-static"], "static");
+    // A true static-pie (self-relocating, PT_DYNAMIC without DT_NEEDED), like Rust's musl target.
+    let static_pie = compile(dir.path(), "gcc", &["-static-pie", "-fPIE"], "static-pie");
+    // Debian's musl-gcc ignores -static-pie and links against the musl loader: dynamic.
+    let musl_pie = compile(
+        dir.path(),
+        "musl-gcc",
+        &["-static-pie", "-fPIE"],
+        "musl-pie",
+    );
+    let glibc = compile(dir.path(), "gcc", &[], "dynamic");
+    assert_eq!(
+        classify(&std::fs::read(&musl_static).unwrap()),
+        ElfKind::Static
+    );
+    assert_eq!(
+        classify(&std::fs::read(&static_pie).unwrap()),
+        ElfKind::Static
+    );
+    assert!(
+        matches!(classify(&std::fs::read(&musl_pie).unwrap()), ElfKind::Dynamic(m) if m.contains("ld-musl")),
+        "musl-gcc -static-pie output has an interpreter"
+    );
+    assert!(matches!(
+        classify(&std::fs::read(&glibc).unwrap()),
+        ElfKind::Dynamic(_)
+    ));
+
+    // Build with the real static binary, unpack with umoci, run the entrypoint from the tree.
+    let built = image::write_outputs(
+        &BuildInputs {
+            binary: musl_static,
+            bundle: None,
+            version: image::VERSION.into(),
+        },
+        &dir.path().join("out"),
+    )
+    .unwrap();
+    let unpacked = dir.path().join("unpacked");
+    let out = run(Command::new(tool("umoci"))
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:{}", built.layout.display(), built.tag))
+        .arg(&unpacked));
+    assert!(out.status.success());
+    let entry =
+        unpacked.join("rootfs/rootfs/usr/local/lib/containers/bootstrap-agent/bootstrap-agent");
+    let out = run(&mut Command::new(&entry));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the extension\n"
+    );
+
+    // And the dynamic one is refused by the builder's validation (through the CLI).
+    let out = run(
+        Command::new(env!("CARGO_BIN_EXE_bootstrap-agent-extension"))
+            .arg("build")
+            .arg("--binary")
+            .arg(&glibc)
+            .arg("--out")
+            .arg(dir.path().join("out-dynamic")),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[entrypoint-not-static]"));
+}
