@@ -55,6 +55,53 @@ fn schematic_ids_equal_the_published_ones() {
     assert!(err.to_string().contains("systemExtension"), "{err}");
 }
 
+/// The Image Factory's own test vectors (pkg/schematic/schematic_test.go): JSON-style input,
+/// overlay, META (a sequence of mappings), SecureBoot and disk-image customisations.
+#[test]
+fn schematic_ids_equal_the_factorys_own_test_vectors() {
+    for (input, id) in [
+        ("{}", EMPTY_ID),
+        (r#"customization: {"extraKernelArgs": []}"#, EMPTY_ID),
+        (
+            r#"{"customization": {"extraKernelArgs": ["noapic", "nolapic"], "systemExtensions": {}}}"#,
+            "9cba8e32753f91a16c1837ab8abf356af021706ef284aef07380780177d9a06c",
+        ),
+        (
+            r#"{"customization": {"meta": [{"key": 10, "value": "foo"}], "extraKernelArgs": [], "systemExtensions": {}}}"#,
+            "d308a2a5ee2277bed5fbaa104fcbc8d59122abfa737df987a95b4ca763459a7f",
+        ),
+        (
+            r#"{"overlay": {"name": "rpi_generic", "image": "siderolabs/sbc-raspberrypi"},"customization":{}}"#,
+            "ee21ef4a5ef808a9b7484cc0dda0f25075021691c8c09a276591eedb638ea1f9",
+        ),
+        (
+            r#"{"customization":{"secureboot": {"includeWellKnownCertificates": true}}}"#,
+            "fa8e05f142a851d3ee568eb0a8e5841eaf6b0ebc8df9a63df16ac5ed2c04f3e6",
+        ),
+        (
+            r#"{"customization":{"diskImage": {"sectorSize": 4096}}}"#,
+            "92833e9ddd9bb9e11b2464fa5525429f01866306d52ebd882ee08d7918f6d1ea",
+        ),
+    ] {
+        let s = Schematic::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+        assert_eq!(s.id(), id, "{input} rendered as\n{}", s.canonical_yaml());
+    }
+}
+
+#[test]
+fn the_cli_prints_schematic_ids() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_image-factory"))
+        .arg("schematic-id")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("schematic.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{GUEST_AGENT_ID}\n")
+    );
+}
+
 #[test]
 fn committed_profiles_are_what_the_tool_renders() {
     for kind in [Kind::Iso, Kind::Installer] {
