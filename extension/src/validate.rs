@@ -129,7 +129,8 @@ pub struct Report {
 }
 
 /// Validates whatever `path` is: an OCI layout directory, an OCI archive tar, a flat
-/// extension tar (imager `tarballPath`), or an unpacked tree (`manifest.yaml` + `rootfs/`).
+/// extension tar (imager `tarballPath`), an unpacked tree (`manifest.yaml` + `rootfs/`), or an
+/// OCI runtime bundle as `umoci unpack` writes it (its `rootfs/` is checked).
 pub fn validate_path(path: &Path, policy: &Policy) -> Result<Vec<Report>, Error> {
     let subject = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|source| Error::Io {
@@ -144,9 +145,18 @@ pub fn validate_path(path: &Path, policy: &Policy) -> Result<Vec<Report>, Error>
                 policy,
             ));
         }
-        let tree = Tree::from_dir(path)?;
+        // An OCI runtime bundle (`umoci unpack` output): the image's filesystem is its rootfs/.
+        let bundle_root = path.join("rootfs");
+        let root = if bundle_root.join("manifest.yaml").is_file()
+            && (path.join("umoci.json").is_file() || path.join("config.json").is_file())
+        {
+            bundle_root
+        } else {
+            path.to_path_buf()
+        };
+        let tree = Tree::from_dir(&root)?;
         return Ok(vec![Report {
-            subject,
+            subject: root.display().to_string(),
             findings: validate_tree(&tree, policy),
         }]);
     }

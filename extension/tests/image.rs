@@ -82,6 +82,8 @@ fn umoci_and_skopeo_accept_the_image_and_the_unpacked_tree_validates() {
     assert!(out.status.success(), "umoci unpack failed");
     let root = unpacked.join("rootfs");
     assert_eq!(all_findings(&root, &Policy::bootstrap_agent()), vec![]);
+    // The umoci bundle directory itself is recognised too.
+    assert_eq!(all_findings(&unpacked, &Policy::bootstrap_agent()), vec![]);
     // The bundle landed where the agent looks for it (/bundle inside the service root).
     assert!(
         root.join("rootfs/usr/local/lib/containers/bootstrap-agent/bundle/bundle.lock.yaml")
