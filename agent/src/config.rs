@@ -455,6 +455,7 @@ impl Config {
         if v.problems.is_empty() {
             Ok(config)
         } else {
+            v.problems.sort_by_key(|p| p.line.unwrap_or(u64::MAX));
             Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 problems: v.problems,
@@ -561,13 +562,16 @@ fn unknown_fields(doc: &serde_json::Value, text: &str) -> Vec<Problem> {
     problems
 }
 
-/// The first line that has `key:` as a mapping key (unknown keys are rare and usually unique).
+/// The first line that has `key:` as a mapping key, in block or flow style (unknown keys are
+/// rare and usually unique).
 fn line_of_key(text: &str, key: &str) -> Option<u64> {
     text.lines()
         .position(|line| {
-            let t = line.trim_start().trim_start_matches("- ");
-            t.strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+            line.match_indices(key).any(|(at, _)| {
+                let before = line[..at].chars().next_back();
+                let after = line[at + key.len()..].trim_start();
+                before.is_none_or(|c| matches!(c, ' ' | '{' | ',' | '-' | '\t')) && after.starts_with(':')
+            })
         })
         .map(|i| i as u64 + 1)
 }

@@ -3,6 +3,8 @@
 //!
 //! Data flows one way: configuration → plan → boot steps → status. See ARCHITECTURE.md.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod boot;
 pub mod bundle;
 pub mod cli;
@@ -10,6 +12,8 @@ pub mod config;
 pub mod duration;
 pub mod exit;
 pub mod kube;
+pub mod logging;
+pub mod node;
 pub mod plan;
 pub mod seal;
 pub mod status;

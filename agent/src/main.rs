@@ -1,12 +1,19 @@
+//! `bootstrap-agent`: parse the command line, set up logging and TLS, dispatch, exit.
+
 use std::process::ExitCode;
 
-use bootstrap_agent::cli::{Cli, Command};
+use bootstrap_agent::cli::{self, Cli, Command};
 use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match &cli.command {
-        Command::Run { .. } => ExitCode::from(bootstrap_agent::exit::PERMANENT),
-        Command::Tpm(cmd) => bootstrap_agent::cli::tpm::run(cmd),
-    }
+    bootstrap_agent::logging::init();
+    bootstrap_agent::talos::install_crypto_provider();
+    let code = match cli.command {
+        Command::Run(args) => cli::run::main(&args),
+        Command::Status(args) => cli::status::main(&args),
+        Command::Plan { config } => cli::plan::main(&config),
+        Command::Tpm(cmd) => return cli::tpm::run(&cmd),
+    };
+    ExitCode::from(code)
 }

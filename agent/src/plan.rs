@@ -290,7 +290,7 @@ impl Plan {
                 format_go(flux.kustomization_interval)
             ),
         });
-        objects.sort_by(|a, b| a.stage.cmp(&b.stage));
+        objects.sort_by_key(|o| o.stage);
         Plan { steps, objects }
     }
 

@@ -1,0 +1,156 @@
+//! `bootstrap-agent run`: the service entrypoint on the node.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use tracing::{error, info, warn};
+
+use crate::boot::{Machine, RunResult};
+use crate::config::{Config, ConfigError, DEFAULT_STATUS, env};
+use crate::node::Node;
+use crate::plan::{Plan, StepId};
+use crate::status::{ErrorKind, ErrorRecord, Phase, Status, StatusFile, now};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Configuration file.
+    #[arg(long, default_value = super::DEFAULT_CONFIG, env = "BOOTSTRAP_AGENT_CONFIG")]
+    pub config: PathBuf,
+    /// Exit when the run waits for the operator instead of waiting for the configuration to
+    /// change.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// How often a waiting agent looks at its configuration file for the sealed inputs.
+const CONFIG_POLL: Duration = Duration::from_secs(5);
+
+/// Runs the boot sequence; returns the exit code.
+pub fn main(args: &RunArgs) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return crate::exit::TRANSIENT;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: &RunArgs) -> u8 {
+    loop {
+        let text = std::fs::read(&args.config).ok();
+        let config = match load(&args.config) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("{e}");
+                report_config_error(&e);
+                return crate::exit::CONFIG;
+            }
+        };
+        let node = Node::new(config.clone());
+        let plan = Plan::new(&config, node.bundle_objects());
+        let file = StatusFile::new(&config.status);
+        let previous = match file.load() {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "previous status unreadable; starting afresh");
+                match file.set_aside() {
+                    Ok(aside) => {
+                        warn!(kept = %aside.display(), "unreadable status document kept aside")
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "could not keep the unreadable status document aside")
+                    }
+                }
+                None
+            }
+        };
+        let mut machine = Machine::new(&plan, node, file, previous, config.retry);
+        let result = tokio::select! {
+            r = machine.run() => r,
+            () = shutdown() => {
+                info!("stopped by signal");
+                return crate::exit::TRANSIENT;
+            }
+        };
+        match result {
+            RunResult::Ready => return crate::exit::SUCCESS,
+            RunResult::Failed(kind) => return RunResult::Failed(kind).exit_code(),
+            RunResult::Waiting if args.once => return crate::exit::SUCCESS,
+            RunResult::Waiting => {
+                info!(config = %args.config.display(), "waiting for the configuration to change (Talos restarts the service when it does)");
+                tokio::select! {
+                    () = changed(&args.config, text) => info!("configuration changed; running again"),
+                    () = shutdown() => return crate::exit::SUCCESS,
+                }
+            }
+        }
+    }
+}
+
+/// Loads and validates the configuration and what it references.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let config = Config::load(path)?;
+    let problems = config.check_references();
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+}
+
+/// Puts a configuration error in the status file too, so that `bootstrap-agent status` shows it.
+fn report_config_error(e: &ConfigError) {
+    let path = std::env::var(env::STATUS).unwrap_or_else(|_| DEFAULT_STATUS.to_string());
+    let file = StatusFile::new(path);
+    let mut status = Status::new(&StepId::ALL);
+    if let Ok(Some(prev)) = file.load() {
+        status.runs = prev.runs.saturating_add(1);
+    }
+    status.phase = Phase::Failed;
+    status.message = "the configuration is not valid".into();
+    status.last_error = Some(ErrorRecord {
+        step: StepId::TalosApi,
+        kind: ErrorKind::Config,
+        message: e.to_string(),
+        hint: Some("fix the ExtensionServiceConfig `bootstrap-agent`; Talos restarts the service when it changes".into()),
+        at: now(),
+    });
+    if let Err(e) = file.write(&mut status) {
+        warn!(error = %e, "could not record the configuration error in the status file");
+    }
+}
+
+async fn changed(path: &Path, before: Option<Vec<u8>>) {
+    loop {
+        tokio::time::sleep(CONFIG_POLL).await;
+        if std::fs::read(path).ok() != before {
+            return;
+        }
+    }
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
