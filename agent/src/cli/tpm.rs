@@ -1,7 +1,12 @@
 //! `bootstrap-agent tpm ...`: enrolment, the public recipient, and checking a sealed file.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use crate::exit;
+use crate::seal::{self, SealError, SealedInput, TpmSettings};
+use crate::tpm::seed::SeedError;
 
 use clap::Subcommand;
 
@@ -30,9 +35,111 @@ pub enum TpmCommand {
     },
 }
 
-/// Runs a `tpm` subcommand.
+/// Runs a `tpm` subcommand, writing to the process's stdout/stderr.
 pub fn run(command: &TpmCommand) -> ExitCode {
-    let _ = command;
-    eprintln!("bootstrap-agent tpm: not implemented yet");
-    ExitCode::from(crate::exit::PERMANENT)
+    if let Err(e) = seal::disable_core_dumps() {
+        eprintln!("warning: could not disable core dumps: {e}");
+    }
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    ExitCode::from(run_with(command, &mut out, &mut err))
+}
+
+/// Runs a `tpm` subcommand: results on `out` (only public values), diagnostics on `err`.
+/// Returns the exit code (see [`crate::exit`]).
+pub fn run_with(command: &TpmCommand, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    match execute(command, out, err) {
+        Ok(()) => exit::SUCCESS,
+        Err(Failure::Seal(e)) => {
+            let _ = writeln!(err, "error: {e}");
+            if let Some(h) = e.hint() {
+                let _ = writeln!(err, "hint: {h}");
+            }
+            if e.is_transient() {
+                exit::TRANSIENT
+            } else if matches!(e, SealError::Seed(SeedError::Settings(_))) {
+                exit::CONFIG
+            } else {
+                exit::PERMANENT
+            }
+        }
+        Err(Failure::Input(msg)) => {
+            let _ = writeln!(err, "error: {msg}");
+            exit::CONFIG
+        }
+    }
+}
+
+enum Failure {
+    Seal(SealError),
+    Input(String),
+}
+
+impl From<SealError> for Failure {
+    fn from(e: SealError) -> Self {
+        Failure::Seal(e)
+    }
+}
+
+fn execute(command: &TpmCommand, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Failure> {
+    match command {
+        TpmCommand::Enroll { tpm } => {
+            let settings = TpmSettings::at(tpm);
+            let mut t = open(&settings)?;
+            let enrolled = seal::enroll_on(&mut t, &settings)?;
+            let _ = writeln!(out, "{}", enrolled.recipient);
+            let _ = writeln!(
+                err,
+                "{} NV index 0x{:08X}; salt key name {} (pin it as tpm.saltKeyName)\nencrypt the SOPS key with: age -a -r {} -o {} {}",
+                if enrolled.created {
+                    "enrolled: new seed in"
+                } else {
+                    "already enrolled: seed in"
+                },
+                settings.nv_index,
+                enrolled.salt_key_name,
+                enrolled.recipient,
+                seal::SEALED_FILE_HINT,
+                seal::KEY_FILE_HINT,
+            );
+            Ok(())
+        }
+        TpmCommand::Recipient { tpm } => {
+            let settings = TpmSettings::at(tpm);
+            let mut t = open(&settings)?;
+            let id = seal::identity_on(&mut t, &settings)?;
+            let _ = writeln!(out, "{}", id.recipient());
+            Ok(())
+        }
+        TpmCommand::Check { sealed, tpm } => {
+            let armor = std::fs::read_to_string(sealed).map_err(|e| {
+                Failure::Input(format!("cannot read sealed file {}: {e}", sealed.display()))
+            })?;
+            let settings = TpmSettings::at(tpm);
+            let mut t = open(&settings)?;
+            let id = seal::identity_on(&mut t, &settings)?;
+            let input = SealedInput {
+                label: sealed.display().to_string(),
+                armor,
+                expect_age_identity: true,
+            };
+            let secret = id.decrypt(&input)?;
+            // Proof without disclosure: only the public recipients of the identities inside.
+            let recipients =
+                seal::age_identities(&secret.value).map_err(|detail| SealError::NotAnIdentity {
+                    label: input.label.clone(),
+                    detail,
+                })?;
+            for r in recipients {
+                let _ = writeln!(out, "{r}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn open(settings: &TpmSettings) -> Result<crate::tpm::Tpm, Failure> {
+    let transport = crate::tpm::transport::open(&settings.address)
+        .map_err(|e| Failure::Seal(SealError::from(e)))?;
+    Ok(crate::tpm::Tpm::new(transport))
 }
