@@ -209,6 +209,7 @@ impl TpmIdentity {
     /// Decrypts one armored age input, checking it is an identity when asked.
     pub fn decrypt(&self, input: &SealedInput) -> Result<UnsealedSecret, SealError> {
         let label = input.label.clone();
+        check_armor(&label, &input.armor)?;
         let reader = age::armor::ArmoredReader::new(input.armor.as_bytes());
         let decryptor = age::Decryptor::new(reader).map_err(|e| self.classify(&label, e))?;
         let mut stream = decryptor
@@ -270,6 +271,29 @@ impl TpmIdentity {
             },
         }
     }
+}
+
+const ARMOR_BEGIN: &str = "-----BEGIN AGE ENCRYPTED FILE-----";
+const ARMOR_END: &str = "-----END AGE ENCRYPTED FILE-----";
+
+/// Tells a cut-short file (no end line) from a damaged one before age looks at it.
+fn check_armor(label: &str, armor: &str) -> Result<(), SealError> {
+    let text = armor.trim();
+    if !text.starts_with(ARMOR_BEGIN) {
+        return Err(SealError::Corrupted {
+            label: label.to_string(),
+            detail: format!(
+                "it does not start with {ARMOR_BEGIN} (sealed inputs are ASCII-armored: `age -a`)"
+            ),
+        });
+    }
+    if !text.ends_with(ARMOR_END) {
+        return Err(SealError::Truncated {
+            label: label.to_string(),
+            detail: format!("the closing {ARMOR_END} line is missing"),
+        });
+    }
+    Ok(())
 }
 
 /// Parses an age identity file (comments, blank lines, one or more `AGE-SECRET-KEY-1...` lines)

@@ -1,1 +1,2 @@
 //! Stand-ins and harnesses shared by the end-to-end tests.
+pub mod swtpm;
