@@ -359,3 +359,85 @@ fn missing_tpm_is_a_clear_transient_error() {
             .contains("tcp://")
     );
 }
+
+/// Defines the agent's index with tpm2-tools, as an enrolment interrupted after NV_DefineSpace
+/// would have left it, with a PolicyPCR(sha256:7,15) policy over `pcr_values` (64 bytes).
+fn define_like_ours(tpm: &Swtpm, pcr_values: &[u8]) {
+    std::fs::write(tpm.scratch().join("values.bin"), pcr_values).unwrap();
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(tpm
+        .tpm2(
+            "tpm2_createpolicy",
+            &[
+                "--policy-pcr",
+                "-l",
+                "sha256:7,15",
+                "-f",
+                "values.bin",
+                "-L",
+                "policy.bin",
+            ],
+        )
+        .unwrap());
+    // tpm2_createpolicy leaves its trial session loaded (no resource manager in front of swtpm).
+    ok(tpm
+        .tpm2("tpm2_flushcontext", &["--loaded-session"])
+        .unwrap());
+    ok(tpm
+        .tpm2(
+            "tpm2_nvdefine",
+            &[
+                "0x01305EED",
+                "-C",
+                "o",
+                "-s",
+                "32",
+                "-a",
+                "ownerwrite|writeall|writedefine|policyread|no_da",
+                "-L",
+                "policy.bin",
+            ],
+        )
+        .unwrap());
+}
+
+#[test]
+fn interrupted_enrolment_is_completed() {
+    let tpm = swtpm();
+    let settings = TpmSettings::at(&tpm.address());
+    // Fresh swtpm: PCR 7 and 15 are zero.
+    define_like_ours(&tpm, &[0u8; 64]);
+    let recipient = seal::enroll(&settings).expect("complete the enrolment");
+    assert_eq!(seal::recipient(&settings).expect("recipient"), recipient);
+    let public = tpm.tpm2("tpm2_nvreadpublic", &["0x01305EED"]).unwrap();
+    let public = String::from_utf8_lossy(&public.stdout);
+    assert!(
+        public.contains("writelocked") && public.contains("written"),
+        "{public}"
+    );
+    assert_no_leaked_handles(&tpm);
+}
+
+#[test]
+fn unwritten_index_with_another_policy_is_refused() {
+    let tpm = swtpm();
+    let settings = TpmSettings::at(&tpm.address());
+    define_like_ours(&tpm, &[0x42u8; 64]);
+    let e = seal::enroll(&settings).expect_err("another policy");
+    assert!(
+        matches!(e, SealError::Seed(SeedError::Foreign { .. })),
+        "{e}"
+    );
+    assert!(e.to_string().contains("never written"), "{e}");
+    let public = tpm.tpm2("tpm2_nvreadpublic", &["0x01305EED"]).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&public.stdout).contains("written"),
+        "index was written"
+    );
+}

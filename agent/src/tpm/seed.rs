@@ -370,8 +370,15 @@ pub fn enrol(
                 auth_policy: policy::policy_pcr(&pcrs, &expected).to_vec(),
                 data_size: SEED_LEN as u16,
             };
-            tpm.nv_define(&public)?;
-            public
+            match tpm.nv_define(&public) {
+                Ok(()) => public,
+                // Another process defined it between NV_ReadPublic and here: start over,
+                // taking the existing-index path.
+                Err(e) if e.response_code().map(|rc| rc.0) == Some(super::rc::RC_NV_DEFINED) => {
+                    return enrol(tpm, loc);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     };
 
@@ -393,6 +400,19 @@ pub fn enrol(
         ..public
     };
     tpm.nv_write_lock(&written)?;
+    // Read it back through the policy (the path every boot takes) unless the lock PCR is already
+    // extended this boot: the TPM's copy is the truth, whoever wrote last before the lock.
+    match read(tpm, loc) {
+        Ok(back) if *back == *seed => {}
+        Ok(back) => {
+            tracing::warn!(
+                "the seed read back differs from the one written (concurrent enrolment?): using the TPM's"
+            );
+            return Ok((Enrolment::Existing, back));
+        }
+        Err(SeedError::Locked { .. }) => {}
+        Err(e) => return Err(e),
+    }
     Ok((Enrolment::Created, seed))
 }
 
