@@ -234,3 +234,43 @@ fn check_failures_exit_non_zero_with_a_reason() {
     assert_eq!(c.status.code(), Some(1), "{}", stderr(&c));
     assert!(stderr(&c).contains("hint:"), "{}", stderr(&c));
 }
+
+#[test]
+fn options_choose_index_and_pcrs() {
+    let tpm = Swtpm::start().expect("start swtpm");
+    let addr = tpm.address();
+    let dir = tpm.scratch();
+    let opts = ["--tpm", &addr, "--nv-index", "0x01000123", "--pcrs", "0,7"];
+    let enrolled = ok(agent(&[&["tpm", "enroll"][..], &opts[..]].concat()));
+    let recipient = stdout(&enrolled);
+    assert_eq!(
+        stdout(&ok(agent(&[&["tpm", "recipient"][..], &opts[..]].concat()))),
+        recipient
+    );
+    // The default index was not touched; the chosen one carries PolicyPCR(sha256:0,7,15).
+    let default = tpm.tpm2("tpm2_nvreadpublic", &["0x01305EED"]).unwrap();
+    assert!(!default.status.success(), "default index defined");
+    let public = stdout(&ok(tpm.tpm2("tpm2_nvreadpublic", &["0x01000123"]).unwrap()));
+    std::fs::write(dir.join("zeros.bin"), [0u8; 96]).unwrap();
+    ok(tpm
+        .tpm2(
+            "tpm2_createpolicy",
+            &[
+                "--policy-pcr",
+                "-l",
+                "sha256:0,7,15",
+                "-f",
+                "zeros.bin",
+                "-L",
+                "p.bin",
+            ],
+        )
+        .unwrap());
+    let policy = hex::encode_upper(std::fs::read(dir.join("p.bin")).unwrap());
+    assert_eq!(field(&public, "authorization policy"), policy);
+
+    // The lock PCR cannot also be a policy PCR: a configuration error (exit 2).
+    let bad = agent(&["tpm", "enroll", "--tpm", &addr, "--pcrs", "7,15"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("lock PCR 15"), "{}", stderr(&bad));
+}
