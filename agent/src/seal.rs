@@ -215,7 +215,8 @@ impl TpmIdentity {
         let mut stream = decryptor
             .decrypt(std::iter::once(&self.identity as &dyn age::Identity))
             .map_err(|e| self.classify(&label, e))?;
-        let mut value = Zeroizing::new(Vec::new());
+        // The plaintext is shorter than its armor: no reallocation leaves a copy behind.
+        let mut value = Zeroizing::new(Vec::with_capacity(input.armor.len() + 64));
         stream
             .read_to_end(&mut value)
             .map_err(|e| self.classify(&label, age::DecryptError::Io(e)))?;
@@ -464,9 +465,9 @@ mod bech32 {
         if bits > 0 {
             five.push(((acc << (5 - bits)) & 31) as u8);
         }
-        acc = 0;
-        let _ = acc;
-        let mut values: Zeroizing<Vec<u8>> = Zeroizing::new(hrp.bytes().map(|c| c >> 5).collect());
+        // Sized up front so that no reallocation leaves a copy of the secret behind.
+        let mut values = Zeroizing::new(Vec::with_capacity(2 * hrp.len() + 1 + five.len() + 6));
+        values.extend(hrp.bytes().map(|c| c >> 5));
         values.push(0);
         values.extend(hrp.bytes().map(|c| c & 31));
         values.extend_from_slice(&five);

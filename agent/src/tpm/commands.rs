@@ -278,7 +278,7 @@ impl Tpm {
         session: &mut Session,
         data: &[u8],
     ) -> Result<(), TpmError> {
-        let mut w = Writer::new();
+        let mut w = Writer::with_capacity(data.len() + 4);
         w.tpm2b(data).u16(0);
         let params = Zeroizing::new(w.into_inner());
         let name = public.name();

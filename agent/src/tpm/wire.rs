@@ -26,6 +26,12 @@ impl Writer {
     pub fn new() -> Self {
         Self::default()
     }
+    /// For secret content: sized up front so that growing never leaves a copy in freed memory.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(n),
+        }
+    }
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
         self
