@@ -1,5 +1,5 @@
 //! A real swtpm per test: TCP (127.0.0.1, free ports) or Unix sockets in a temp dir, killed on
-//! drop. Plus functions that run tpm2-tools against it and to find the built agent binary.
+//! drop. Plus functions that run tpm2-tools against it and find the built agent binary.
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
