@@ -1,1 +1,534 @@
 //! TPM seed → age identity; decrypting the sealed inputs of the configuration.
+//!
+//! The seed in the TPM's NV index is turned into an X25519 age identity with HKDF-SHA256 and a
+//! versioned label. Its recipient (`age1...`) is public: operators encrypt bootstrap secrets to
+//! it with the standard `age` CLI, and only this TPM, in this SecureBoot state, before the lock
+//! PCR is extended, can decrypt them.
+
+use std::fmt;
+use std::io::Read;
+use std::str::FromStr;
+
+use hkdf::Hkdf;
+use sha2::Sha256;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::tpm::seed::{self, Enrolment, SeedError, SeedLocation};
+use crate::tpm::{Tpm, TpmError, transport};
+
+/// Default NV index of the seed: in the TCG owner range (0x01000000..0x013FFFFF), "5EED".
+pub const DEFAULT_NV_INDEX: u32 = 0x0130_5EED;
+/// Default policy PCRs: 7, the SecureBoot state.
+pub const DEFAULT_PCRS: [u32; 1] = [7];
+/// Default lock PCR: 15, unused by Talos and the firmware; zero at every boot.
+pub const DEFAULT_LOCK_PCR: u32 = 15;
+/// HKDF salt and info: changing either changes every recipient (hence the version).
+const HKDF_SALT: &[u8] = b"bootstrap-agent";
+const HKDF_INFO: &[u8] = b"bootstrap-agent/age-x25519-identity/v1";
+/// File names used in the operator's `age` command.
+pub const SEALED_FILE_HINT: &str = "sops-age.tpm.age";
+pub const KEY_FILE_HINT: &str = ".age-key.txt";
+
+/// Where the TPM is and how the seed is guarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmSettings {
+    /// `/dev/tpmrm0`, `tcp://HOST:PORT` or `unix:///PATH`.
+    pub address: String,
+    /// Policy PCRs (SHA-256 bank); default `[7]`.
+    pub pcrs: Vec<u32>,
+    /// PCR extended after use; default 15.
+    pub lock_pcr: u32,
+    /// NV index of the seed; default [`DEFAULT_NV_INDEX`].
+    pub nv_index: u32,
+    /// Pinned name of the salt key (hex of nameAlg || SHA-256 of its public area), as printed by
+    /// `tpm enroll`. When set, a different key is refused (bus interposer).
+    pub salt_key_name: Option<String>,
+}
+
+impl Default for TpmSettings {
+    fn default() -> Self {
+        Self {
+            address: crate::cli::tpm::DEFAULT_TPM.to_string(),
+            pcrs: DEFAULT_PCRS.to_vec(),
+            lock_pcr: DEFAULT_LOCK_PCR,
+            nv_index: DEFAULT_NV_INDEX,
+            salt_key_name: None,
+        }
+    }
+}
+
+impl TpmSettings {
+    /// Settings for a TPM address with every other value at its default.
+    pub fn at(address: &str) -> Self {
+        Self {
+            address: address.to_string(),
+            ..Self::default()
+        }
+    }
+
+    fn location(&self) -> Result<SeedLocation, SealError> {
+        let salt_key_name = match &self.salt_key_name {
+            None => None,
+            Some(h) => Some(hex::decode(h.trim()).map_err(|_| {
+                SealError::Seed(SeedError::Settings(format!(
+                    "the pinned salt key name {h:?} is not hex"
+                )))
+            })?),
+        };
+        Ok(SeedLocation {
+            nv_index: self.nv_index,
+            pcrs: self.pcrs.clone(),
+            lock_pcr: self.lock_pcr,
+            salt_key_name,
+        })
+    }
+
+    fn open(&self) -> Result<Tpm, SealError> {
+        Ok(Tpm::new(
+            transport::open(&self.address).map_err(SeedError::from)?,
+        ))
+    }
+}
+
+/// One sealed input from the configuration: an armored age file encrypted to the recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedInput {
+    /// What it is, for messages (e.g. "flux-system/sops-age").
+    pub label: String,
+    /// ASCII-armored age ciphertext.
+    pub armor: String,
+    /// The plaintext must be an age X25519 identity file (the SOPS key).
+    pub expect_age_identity: bool,
+}
+
+/// A decrypted input. Zeroised on drop; Debug redacts the value.
+pub struct UnsealedSecret {
+    pub label: String,
+    pub value: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for UnsealedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "UnsealedSecret {{ label: {:?}, value: <{} bytes redacted> }}",
+            self.label,
+            self.value.len()
+        )
+    }
+}
+
+#[derive(Debug)]
+pub enum UnsealOutcome {
+    Unsealed(Vec<UnsealedSecret>),
+    /// Enrolled (maybe just now) but nothing sealed to it is configured yet: a wait, not a
+    /// failure.
+    AwaitingSealedInput {
+        recipient: String,
+        /// The exact operator command: `age -a -r age1... -o sops-age.tpm.age .age-key.txt`.
+        command: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error(transparent)]
+    Seed(#[from] SeedError),
+    #[error(
+        "sealed input {label}: it is not encrypted to this TPM's recipient {recipient} (wrong recipient, another TPM, or a re-enrolled one); encrypt it again with `age -a -r {recipient}`"
+    )]
+    WrongRecipient { label: String, recipient: String },
+    #[error("sealed input {label} is corrupted: {detail}; encrypt it again")]
+    Corrupted { label: String, detail: String },
+    #[error(
+        "sealed input {label} is truncated: {detail}; copy the whole file (from -----BEGIN AGE ENCRYPTED FILE----- to -----END AGE ENCRYPTED FILE-----)"
+    )]
+    Truncated { label: String, detail: String },
+    #[error(
+        "sealed input {label} decrypts, but {detail}; it must be an age identity file as written by `age-keygen` (content not shown)"
+    )]
+    NotAnIdentity { label: String, detail: String },
+}
+
+impl SealError {
+    /// Whether retrying within the same boot may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SealError::Seed(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// What an operator can do, beyond the message.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            SealError::Seed(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
+
+impl From<TpmError> for SealError {
+    fn from(e: TpmError) -> Self {
+        SealError::Seed(SeedError::Tpm(e))
+    }
+}
+
+/// The age identity bound to this TPM. Zeroised on drop.
+pub struct TpmIdentity {
+    identity: age::x25519::Identity,
+}
+
+impl fmt::Debug for TpmIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TpmIdentity({})", self.recipient())
+    }
+}
+
+impl TpmIdentity {
+    /// HKDF-SHA256(seed) → 32-byte X25519 secret → `AGE-SECRET-KEY-1...` → age identity.
+    pub fn from_seed(seed: &[u8; seed::SEED_LEN]) -> Self {
+        let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), seed);
+        let mut secret = Zeroizing::new([0u8; 32]);
+        // 32 bytes is far below HKDF-SHA256's output limit (255 * 32).
+        if hk.expand(HKDF_INFO, &mut secret[..]).is_err() {
+            unreachable!("HKDF output length is valid");
+        }
+        let encoded = bech32::encode_upper("age-secret-key-", &secret[..]);
+        let identity = match age::x25519::Identity::from_str(&encoded) {
+            Ok(i) => i,
+            Err(_) => unreachable!("a well-formed bech32 identity always parses"),
+        };
+        Self { identity }
+    }
+
+    pub fn recipient(&self) -> String {
+        self.identity.to_public().to_string()
+    }
+
+    /// Decrypts one armored age input, checking it is an identity when asked.
+    pub fn decrypt(&self, input: &SealedInput) -> Result<UnsealedSecret, SealError> {
+        let label = input.label.clone();
+        check_armor(&label, &input.armor)?;
+        let reader = age::armor::ArmoredReader::new(input.armor.as_bytes());
+        let decryptor = age::Decryptor::new(reader).map_err(|e| self.classify(&label, e))?;
+        let mut stream = decryptor
+            .decrypt(std::iter::once(&self.identity as &dyn age::Identity))
+            .map_err(|e| self.classify(&label, e))?;
+        // The plaintext is shorter than its armor: no reallocation leaves a copy behind.
+        let mut value = Zeroizing::new(Vec::with_capacity(input.armor.len() + 64));
+        stream
+            .read_to_end(&mut value)
+            .map_err(|e| self.classify(&label, age::DecryptError::Io(e)))?;
+        if input.expect_age_identity {
+            age_identities(&value).map_err(|detail| SealError::NotAnIdentity {
+                label: label.clone(),
+                detail,
+            })?;
+        }
+        Ok(UnsealedSecret { label, value })
+    }
+
+    fn classify(&self, label: &str, e: age::DecryptError) -> SealError {
+        let label = label.to_string();
+        match e {
+            age::DecryptError::NoMatchingKeys => SealError::WrongRecipient {
+                label,
+                recipient: self.recipient(),
+            },
+            age::DecryptError::Io(io) => {
+                let detail = io.to_string();
+                if io.kind() == std::io::ErrorKind::UnexpectedEof
+                    || detail.contains("truncated")
+                    || detail.contains("end marker")
+                    || detail.contains("Missing")
+                {
+                    SealError::Truncated { label, detail }
+                } else {
+                    SealError::Corrupted { label, detail }
+                }
+            }
+            age::DecryptError::InvalidHeader => SealError::Corrupted {
+                label,
+                detail: "the age header is invalid".into(),
+            },
+            age::DecryptError::InvalidMac => SealError::Corrupted {
+                label,
+                detail: "the age header MAC does not verify".into(),
+            },
+            age::DecryptError::DecryptionFailed | age::DecryptError::KeyDecryptionFailed => {
+                SealError::Corrupted {
+                    label,
+                    detail: "the payload does not decrypt (authentication failed)".into(),
+                }
+            }
+            age::DecryptError::UnknownFormat => SealError::Corrupted {
+                label,
+                detail: "not an age v1 file".into(),
+            },
+            other => SealError::Corrupted {
+                label,
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+const ARMOR_BEGIN: &str = "-----BEGIN AGE ENCRYPTED FILE-----";
+const ARMOR_END: &str = "-----END AGE ENCRYPTED FILE-----";
+
+/// Tells a cut-short file (no end line) from a damaged one before age looks at it.
+fn check_armor(label: &str, armor: &str) -> Result<(), SealError> {
+    let text = armor.trim();
+    if !text.starts_with(ARMOR_BEGIN) {
+        return Err(SealError::Corrupted {
+            label: label.to_string(),
+            detail: format!(
+                "it does not start with {ARMOR_BEGIN} (sealed inputs are ASCII-armored: `age -a`)"
+            ),
+        });
+    }
+    if !text.ends_with(ARMOR_END) {
+        return Err(SealError::Truncated {
+            label: label.to_string(),
+            detail: format!("the closing {ARMOR_END} line is missing"),
+        });
+    }
+    Ok(())
+}
+
+/// Parses an age identity file (comments, blank lines, one or more `AGE-SECRET-KEY-1...` lines)
+/// and returns the public recipients. The error text never contains the content.
+pub fn age_identities(plaintext: &[u8]) -> Result<Vec<String>, String> {
+    let text = std::str::from_utf8(plaintext).map_err(|_| "it is not UTF-8 text".to_string())?;
+    let mut recipients = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut candidate = Zeroizing::new(line.to_string());
+        match age::x25519::Identity::from_str(&candidate) {
+            Ok(id) => recipients.push(id.to_public().to_string()),
+            Err(_) => {
+                candidate.zeroize();
+                return Err(format!("line {} is not an age X25519 identity", n + 1));
+            }
+        }
+    }
+    if recipients.is_empty() {
+        return Err("it contains no AGE-SECRET-KEY-1... line".into());
+    }
+    Ok(recipients)
+}
+
+fn await_command(recipient: &str) -> String {
+    format!("age -a -r {recipient} -o {SEALED_FILE_HINT} {KEY_FILE_HINT}")
+}
+
+/// Unseals on an open TPM (see [`unseal`]).
+pub fn unseal_on(
+    tpm: &mut Tpm,
+    settings: &TpmSettings,
+    inputs: &[SealedInput],
+) -> Result<UnsealOutcome, SealError> {
+    let loc = settings.location()?;
+    let (enrolment, seed) = seed::enrol(tpm, &loc)?;
+    let identity = TpmIdentity::from_seed(&seed);
+    drop(seed);
+    let recipient = identity.recipient();
+    if enrolment == Enrolment::Created {
+        tracing::info!(%recipient, "enrolled this TPM: new seed written and write-locked");
+    }
+    if inputs.is_empty() {
+        return Ok(UnsealOutcome::AwaitingSealedInput {
+            command: await_command(&recipient),
+            recipient,
+        });
+    }
+    let secrets = inputs
+        .iter()
+        .map(|i| identity.decrypt(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(UnsealOutcome::Unsealed(secrets))
+}
+
+/// Unseals the seed and decrypts every input (blocking: call it from `spawn_blocking`).
+///
+/// Not enrolled → enrols, then [`UnsealOutcome::AwaitingSealedInput`]; enrolled with no inputs
+/// → the same. Does not lock: call [`lock`] once the secrets are confirmed in the cluster.
+pub fn unseal(settings: &TpmSettings, inputs: &[SealedInput]) -> Result<UnsealOutcome, SealError> {
+    let mut tpm = settings.open()?;
+    unseal_on(&mut tpm, settings, inputs)
+}
+
+/// Extends the lock PCR: nothing can read the seed again until the next boot.
+pub fn lock(settings: &TpmSettings) -> Result<(), SealError> {
+    let loc = settings.location()?;
+    let mut tpm = settings.open()?;
+    seed::lock(&mut tpm, &loc)?;
+    tracing::info!(
+        pcr = settings.lock_pcr,
+        "lock PCR extended: the seed is sealed until next boot"
+    );
+    Ok(())
+}
+
+/// The identity on an open TPM, read-only.
+pub fn identity_on(tpm: &mut Tpm, settings: &TpmSettings) -> Result<TpmIdentity, SealError> {
+    let loc = settings.location()?;
+    let seed = seed::read(tpm, &loc)?;
+    Ok(TpmIdentity::from_seed(&seed))
+}
+
+/// This TPM's recipient, read-only (fails when not enrolled or locked).
+pub fn recipient(settings: &TpmSettings) -> Result<String, SealError> {
+    let mut tpm = settings.open()?;
+    Ok(identity_on(&mut tpm, settings)?.recipient())
+}
+
+/// Enrolment result: the recipient and the salt key name to pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    pub recipient: String,
+    pub salt_key_name: String,
+    pub created: bool,
+}
+
+/// Enrols on an open TPM (idempotent).
+pub fn enroll_on(tpm: &mut Tpm, settings: &TpmSettings) -> Result<Enrolled, SealError> {
+    let loc = settings.location()?;
+    let (enrolment, seed) = seed::enrol(tpm, &loc)?;
+    let recipient = TpmIdentity::from_seed(&seed).recipient();
+    drop(seed);
+    let salt_key_name = hex::encode(seed::salt_key_name(tpm, &loc)?);
+    Ok(Enrolled {
+        recipient,
+        salt_key_name,
+        created: enrolment == Enrolment::Created,
+    })
+}
+
+/// Creates, fills and write-locks the seed when absent; returns the recipient. Idempotent.
+pub fn enroll(settings: &TpmSettings) -> Result<String, SealError> {
+    let mut tpm = settings.open()?;
+    Ok(enroll_on(&mut tpm, settings)?.recipient)
+}
+
+/// Disables core dumps for this process (RLIMIT_CORE 0 and not dumpable), so that the seed and
+/// decrypted secrets never reach a core file. Call once at start-up.
+pub fn disable_core_dumps() -> Result<(), nix::Error> {
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)?;
+    nix::sys::prctl::set_dumpable(false)?;
+    Ok(())
+}
+
+/// Minimal bech32 (BIP 173) encoder for the identity string, which age then parses (and whose
+/// checksum it verifies).
+mod bech32 {
+    use zeroize::Zeroizing;
+
+    const CHARSET: &[u8; 32] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
+    const GEN: [u32; 5] = [
+        0x3b6a_57b2,
+        0x2650_8e6d,
+        0x1ea1_19fa,
+        0x3d42_33dd,
+        0x2a14_62b3,
+    ];
+
+    fn polymod(values: &[u8]) -> u32 {
+        let mut chk: u32 = 1;
+        for v in values {
+            let b = chk >> 25;
+            chk = ((chk & 0x01ff_ffff) << 5) ^ u32::from(*v);
+            for (i, g) in GEN.iter().enumerate() {
+                if (b >> i) & 1 == 1 {
+                    chk ^= g;
+                }
+            }
+        }
+        chk
+    }
+
+    pub fn encode_upper(hrp: &str, data: &[u8]) -> Zeroizing<String> {
+        let mut five = Zeroizing::new(Vec::with_capacity(data.len() * 8 / 5 + 1));
+        let (mut acc, mut bits) = (0u32, 0u32);
+        for b in data {
+            acc = (acc << 8) | u32::from(*b);
+            bits += 8;
+            while bits >= 5 {
+                bits -= 5;
+                five.push(((acc >> bits) & 31) as u8);
+            }
+        }
+        if bits > 0 {
+            five.push(((acc << (5 - bits)) & 31) as u8);
+        }
+        // Sized up front so that no reallocation leaves a copy of the secret behind.
+        let mut values = Zeroizing::new(Vec::with_capacity(2 * hrp.len() + 1 + five.len() + 6));
+        values.extend(hrp.bytes().map(|c| c >> 5));
+        values.push(0);
+        values.extend(hrp.bytes().map(|c| c & 31));
+        values.extend_from_slice(&five);
+        values.extend_from_slice(&[0; 6]);
+        let m = polymod(&values) ^ 1;
+        let mut out = Zeroizing::new(String::with_capacity(hrp.len() + 1 + five.len() + 6));
+        out.push_str(hrp);
+        out.push('1');
+        for v in five.iter() {
+            out.push(CHARSET[usize::from(*v)] as char);
+        }
+        for i in 0..6 {
+            out.push(CHARSET[((m >> (5 * (5 - i))) & 31) as usize] as char);
+        }
+        out.make_ascii_uppercase();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_deterministic_and_seed_dependent() {
+        let a = TpmIdentity::from_seed(&[1; 32]);
+        let b = TpmIdentity::from_seed(&[1; 32]);
+        let c = TpmIdentity::from_seed(&[2; 32]);
+        assert_eq!(a.recipient(), b.recipient());
+        assert_ne!(a.recipient(), c.recipient());
+        assert!(a.recipient().starts_with("age1"));
+        assert!(!format!("{a:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn recognises_identity_files() {
+        let id = age::x25519::Identity::generate();
+        use age::secrecy::ExposeSecret;
+        let file = format!(
+            "# created: now\n# public key: {}\n{}\n",
+            id.to_public(),
+            id.to_string().expose_secret()
+        );
+        assert_eq!(
+            age_identities(file.as_bytes()).ok(),
+            Some(vec![id.to_public().to_string()])
+        );
+        let e = age_identities(b"hunter2 password\n")
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("line 1"));
+        assert!(!e.contains("hunter2"));
+        assert!(age_identities(b"# only comments\n").is_err());
+    }
+
+    #[test]
+    fn secrets_debug_redacted() {
+        let s = UnsealedSecret {
+            label: "x".into(),
+            value: Zeroizing::new(b"topsecret".to_vec()),
+        };
+        assert!(!format!("{s:?}").contains("topsecret"));
+    }
+}

@@ -1,2 +1,3 @@
 //! Stand-ins and harnesses shared by the end-to-end tests.
+pub mod swtpm;
 pub mod talos;

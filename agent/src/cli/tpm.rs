@@ -1,38 +1,182 @@
 //! `bootstrap-agent tpm ...`: enrolment, the public recipient, and checking a sealed file.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use crate::exit;
+use crate::seal::{self, SealError, SealedInput, TpmSettings};
+use crate::tpm::seed::SeedError;
+
+use clap::{Args, Subcommand};
 
 /// Default TPM address: the kernel's resource manager.
 pub const DEFAULT_TPM: &str = "/dev/tpmrm0";
+
+/// Where the TPM is and how the seed is guarded (must match the agent's configuration).
+#[derive(Debug, Clone, Args)]
+pub struct TpmArgs {
+    /// TPM address: a device path, tcp://HOST:PORT or unix:///PATH.
+    #[arg(long, default_value = DEFAULT_TPM)]
+    pub tpm: String,
+    /// NV index of the seed (hex).
+    #[arg(long, default_value = "0x01305EED", value_parser = parse_hex_u32)]
+    pub nv_index: u32,
+    /// Policy PCRs of the SHA-256 bank, comma-separated.
+    #[arg(long, default_value = "7", value_delimiter = ',')]
+    pub pcrs: Vec<u32>,
+    /// PCR extended after use (the lock).
+    #[arg(long, default_value_t = seal::DEFAULT_LOCK_PCR)]
+    pub lock_pcr: u32,
+    /// Pinned salt key name (hex, as printed by `tpm enroll`).
+    #[arg(long)]
+    pub salt_key_name: Option<String>,
+}
+
+impl TpmArgs {
+    pub fn settings(&self) -> TpmSettings {
+        TpmSettings {
+            address: self.tpm.clone(),
+            pcrs: self.pcrs.clone(),
+            lock_pcr: self.lock_pcr,
+            nv_index: self.nv_index,
+            salt_key_name: self.salt_key_name.clone(),
+        }
+    }
+}
+
+fn parse_hex_u32(s: &str) -> Result<u32, String> {
+    let digits = s.trim_start_matches("0x").trim_start_matches("0X");
+    u32::from_str_radix(digits, 16).map_err(|e| format!("{s:?} is not a hex number: {e}"))
+}
 
 #[derive(Debug, Subcommand)]
 pub enum TpmCommand {
     /// Create, fill and write-lock the NV seed when absent; print the age recipient.
     Enroll {
-        /// TPM address: a device path, tcp://HOST:PORT or unix:///PATH.
-        #[arg(long, default_value = DEFAULT_TPM)]
-        tpm: String,
+        #[command(flatten)]
+        tpm: TpmArgs,
     },
     /// Print the age recipient of this TPM (read-only).
     Recipient {
-        #[arg(long, default_value = DEFAULT_TPM)]
-        tpm: String,
+        #[command(flatten)]
+        tpm: TpmArgs,
     },
     /// Unseal, decrypt an age file and print the public recipient of the identity inside.
     Check {
+        /// The armored age file to check.
         #[arg(long)]
         sealed: PathBuf,
-        #[arg(long, default_value = DEFAULT_TPM)]
-        tpm: String,
+        #[command(flatten)]
+        tpm: TpmArgs,
     },
 }
 
-/// Runs a `tpm` subcommand.
+/// Runs a `tpm` subcommand, writing to the process's stdout/stderr.
 pub fn run(command: &TpmCommand) -> ExitCode {
-    let _ = command;
-    eprintln!("bootstrap-agent tpm: not implemented yet");
-    ExitCode::from(crate::exit::PERMANENT)
+    if let Err(e) = seal::disable_core_dumps() {
+        eprintln!("warning: could not disable core dumps: {e}");
+    }
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    ExitCode::from(run_with(command, &mut out, &mut err))
+}
+
+/// Runs a `tpm` subcommand: results on `out` (only public values), diagnostics on `err`.
+/// Returns the exit code (see [`crate::exit`]).
+pub fn run_with(command: &TpmCommand, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    match execute(command, out, err) {
+        Ok(()) => exit::SUCCESS,
+        Err(Failure::Seal(e)) => {
+            let _ = writeln!(err, "error: {e}");
+            if let Some(h) = e.hint() {
+                let _ = writeln!(err, "hint: {h}");
+            }
+            if e.is_transient() {
+                exit::TRANSIENT
+            } else if matches!(e, SealError::Seed(SeedError::Settings(_))) {
+                exit::CONFIG
+            } else {
+                exit::PERMANENT
+            }
+        }
+        Err(Failure::Input(msg)) => {
+            let _ = writeln!(err, "error: {msg}");
+            exit::CONFIG
+        }
+    }
+}
+
+enum Failure {
+    Seal(SealError),
+    Input(String),
+}
+
+impl From<SealError> for Failure {
+    fn from(e: SealError) -> Self {
+        Failure::Seal(e)
+    }
+}
+
+fn execute(command: &TpmCommand, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Failure> {
+    match command {
+        TpmCommand::Enroll { tpm } => {
+            let settings = tpm.settings();
+            let mut t = open(&settings)?;
+            let enrolled = seal::enroll_on(&mut t, &settings)?;
+            let _ = writeln!(out, "{}", enrolled.recipient);
+            let _ = writeln!(
+                err,
+                "{} NV index 0x{:08X}; salt key name {} (pin it with --salt-key-name / in the configuration)\nencrypt the SOPS key with: age -a -r {} -o {} {}",
+                if enrolled.created {
+                    "enrolled: new seed in"
+                } else {
+                    "already enrolled: seed in"
+                },
+                settings.nv_index,
+                enrolled.salt_key_name,
+                enrolled.recipient,
+                seal::SEALED_FILE_HINT,
+                seal::KEY_FILE_HINT,
+            );
+            Ok(())
+        }
+        TpmCommand::Recipient { tpm } => {
+            let settings = tpm.settings();
+            let mut t = open(&settings)?;
+            let id = seal::identity_on(&mut t, &settings)?;
+            let _ = writeln!(out, "{}", id.recipient());
+            Ok(())
+        }
+        TpmCommand::Check { sealed, tpm } => {
+            let armor = std::fs::read_to_string(sealed).map_err(|e| {
+                Failure::Input(format!("cannot read sealed file {}: {e}", sealed.display()))
+            })?;
+            let settings = tpm.settings();
+            let mut t = open(&settings)?;
+            let id = seal::identity_on(&mut t, &settings)?;
+            let input = SealedInput {
+                label: sealed.display().to_string(),
+                armor,
+                expect_age_identity: true,
+            };
+            let secret = id.decrypt(&input)?;
+            // Proof without disclosure: only the public recipients of the identities inside.
+            let recipients =
+                seal::age_identities(&secret.value).map_err(|detail| SealError::NotAnIdentity {
+                    label: input.label.clone(),
+                    detail,
+                })?;
+            for r in recipients {
+                let _ = writeln!(out, "{r}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn open(settings: &TpmSettings) -> Result<crate::tpm::Tpm, Failure> {
+    let transport = crate::tpm::transport::open(&settings.address)
+        .map_err(|e| Failure::Seal(SealError::from(e)))?;
+    Ok(crate::tpm::Tpm::new(transport))
 }
