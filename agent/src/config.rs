@@ -80,6 +80,9 @@ pub struct TpmConfig {
     pub lock_pcr: u32,
     /// NV index of the seed; `None` takes the agent's default.
     pub nv_index: Option<u32>,
+    /// Pinned name of the salt key (hex, as `tpm enroll` prints it): a TPM answering with another
+    /// key (an interposer on the bus) is refused.
+    pub salt_key_name: Option<String>,
 }
 
 /// One Kubernetes Secret the agent seeds from a sealed (age-encrypted to the TPM) input.
@@ -286,6 +289,7 @@ struct RawTpm {
     pcrs: Option<Spanned<Vec<u32>>>,
     lock_pcr: Option<Spanned<u32>>,
     nv_index: Option<Spanned<RawNumber>>,
+    salt_key_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -363,7 +367,7 @@ const KNOWN: &[(&str, &[&str])] = &[
     ),
     ("talos", &["socket", "bootstrapEtcd"]),
     ("kubernetes", &["kubeconfig"]),
-    ("tpm", &["device", "pcrs", "lockPcr", "nvIndex"]),
+    ("tpm", &["device", "pcrs", "lockPcr", "nvIndex", "saltKeyName"]),
     (
         "secrets[]",
         &[
@@ -816,6 +820,7 @@ impl Validator<'_> {
             pcrs: None,
             lock_pcr: None,
             nv_index: None,
+            salt_key_name: None,
         });
         let address = match &raw.device {
             Some(d) => {
@@ -930,11 +935,25 @@ impl Validator<'_> {
                 }
             }
         });
+        let salt_key_name = raw.salt_key_name.as_ref().map(|n| {
+            let hex = n.value.trim().to_ascii_lowercase();
+            // nameAlg (2 bytes) followed by a SHA-256 digest.
+            if hex.len() != 68 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                self.problem(
+                    "tpm.saltKeyName",
+                    line(n),
+                    "is not a TPM object name (68 hex digits: 000b followed by a SHA-256 digest)",
+                    "copy the name `bootstrap-agent tpm enroll` prints, or leave it out",
+                );
+            }
+            hex
+        });
         TpmConfig {
             address,
             pcrs,
             lock_pcr,
             nv_index,
+            salt_key_name,
         }
     }
 
@@ -1324,7 +1343,7 @@ mod tests {
 
     const GOOD: &str = "\
 talos: { socket: /system/run/machined/machine.sock, bootstrapEtcd: true }
-tpm: { device: /dev/tpmrm0, pcrs: [7], lockPcr: 15, nvIndex: '0x01c1b00a' }
+tpm: { device: /dev/tpmrm0, pcrs: [7], lockPcr: 15, nvIndex: '0x01c1b00a', saltKeyName: 000b0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef }
 secrets:
   - { namespace: flux-system, name: sops-age, key: age.agekey }
 bundle: { dir: /bundle, fetch: false }
