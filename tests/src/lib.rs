@@ -1,1 +1,3 @@
 //! Stand-ins and harnesses shared by the end-to-end tests.
+
+pub mod kubeapi;
