@@ -5,6 +5,7 @@
 //! injection. Tests play the controllers through [`KubeApi::update_status`] and friends.
 
 mod fields;
+pub mod fixture;
 mod resources;
 mod server;
 mod state;
@@ -354,7 +355,7 @@ impl KubeApi {
         let mut conditions = vec![
             json!({"type": "Ready", "status": ready, "reason": reason, "message": message, "observedGeneration": generation, "lastTransitionTime": state::now()}),
         ];
-        if reason == "Stalled" || ready == "False" && reason != "Progressing" {
+        if reason == "Stalled" {
             conditions.push(json!({"type": "Stalled", "status": "True", "reason": reason, "message": message, "observedGeneration": generation, "lastTransitionTime": state::now()}));
         }
         let mut status = json!({"observedGeneration": generation, "conditions": conditions});
