@@ -36,8 +36,12 @@ pub struct LockedArtifact {
     /// File name inside a bundle directory.
     pub file: String,
     /// Lower-case hex sha256 of the artifact's bytes; empty until the pins refresh fills it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub sha256: String,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 /// The lock file.
