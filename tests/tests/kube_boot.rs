@@ -1,6 +1,8 @@
 //! The Kubernetes half of the boot against the API stand-in: secrets, CRDs, Flux install and
 //! sync, readiness, idempotence, conflicts, faults and deadlines. Tests play the controllers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
 use std::time::Duration;
 
 use bootstrap_agent::bundle::Bundle;

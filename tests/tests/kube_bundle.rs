@@ -1,6 +1,8 @@
 //! The bundle: lock parsing, digest checks (directory and network delivery), size cap,
 //! HTTPS-only sources, and the pins refresh against a loopback HTTP server.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;

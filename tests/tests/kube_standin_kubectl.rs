@@ -1,6 +1,8 @@
 //! Fidelity of the Kubernetes API stand-in, checked with the real kubectl: server-side apply,
 //! `get -o yaml`, and `wait --for=condition=Established` against it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

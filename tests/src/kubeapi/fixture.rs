@@ -1,3 +1,4 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test fixture builder: a panic with a message is its error report
 //! Builds a bundle directory from the real upstream CRDs in `../shared/fixtures/upstream/`
 //! plus the project's own Flux namespace/RBAC/Service objects (`agent/bundle/flux-system.yaml`)
 //! and Flux's controller Deployments with their namespace and image tags set, as `flux

@@ -5,8 +5,10 @@
 //! injection. Tests play the controllers through [`KubeApi::update_status`] and friends.
 
 mod fields;
+#[allow(clippy::result_large_err)] // handlers return ready-made error responses
 pub mod fixture;
 mod resources;
+#[allow(clippy::result_large_err)] // handlers return ready-made error responses
 mod server;
 mod state;
 

@@ -272,11 +272,11 @@ pub async fn handle(
             .faults
             .lock()
             .map_err(|_| std::io::Error::other("poisoned"))?;
-        if let Some((after, dur)) = f.unavailable_after_mutations {
-            if n >= after {
-                f.unavailable_until = Some(Instant::now() + dur);
-                f.unavailable_after_mutations = None;
-            }
+        if let Some((after, dur)) = f.unavailable_after_mutations
+            && n >= after
+        {
+            f.unavailable_until = Some(Instant::now() + dur);
+            f.unavailable_after_mutations = None;
         }
     }
     if let Ok(mut log) = shared.log.lock() {
@@ -477,18 +477,18 @@ async fn resource(
                 let Some(old) = old else {
                     return Err(not_found(&t, &name));
                 };
-                if let Some(rv) = incoming["metadata"]["resourceVersion"].as_str() {
-                    if Some(rv) != old["metadata"]["resourceVersion"].as_str() {
-                        return Err(status(
-                            409,
-                            "Conflict",
-                            format!(
-                                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                                t.plural
-                            ),
-                            json!({"name": name, "group": t.group, "kind": t.plural}),
-                        ));
-                    }
+                if let Some(rv) = incoming["metadata"]["resourceVersion"].as_str()
+                    && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+                {
+                    return Err(status(
+                        409,
+                        "Conflict",
+                        format!(
+                            "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                            t.plural
+                        ),
+                        json!({"name": name, "group": t.group, "kind": t.plural}),
+                    ));
                 }
                 let mut new = old.clone();
                 if status_only {
@@ -533,10 +533,8 @@ async fn resource(
                 if incoming["apiVersion"].is_null() || incoming["kind"].is_null() {
                     return bad_request("apiVersion and kind must be set in an apply patch".into());
                 }
-                if !status_only {
-                    if let Some(r) = namespace_missing(shared, &t, &namespace) {
-                        return r;
-                    }
+                if !status_only && let Some(r) = namespace_missing(shared, &t, &namespace) {
+                    return r;
                 }
                 let force = query.flag("force");
                 let mut applied = incoming.clone();
@@ -776,10 +774,10 @@ fn create(
             json!({"name": name, "group": t.group, "kind": t.plural}),
         );
     }
-    if t.status_subresource {
-        if let Some(m) = obj.as_object_mut() {
-            m.remove("status");
-        }
+    if t.status_subresource
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("status");
     }
     fields::record_update(None, &mut obj, manager, false, &now());
     write(shared, t, &key, &name, false, dry_run, |_| Ok(obj))
