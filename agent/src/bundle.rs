@@ -167,27 +167,100 @@ impl BundleLock {
     }
 }
 
-/// One parsed Kubernetes object from the bundle.
+/// What the API server needs to serve a CRD's kind (taken from its spec).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrdNames {
+    pub group: String,
+    pub kind: String,
+    pub plural: String,
+    pub namespaced: bool,
+    pub versions: Vec<String>,
+}
+
+/// One Kubernetes object from the bundle, kept as compact JSON (keys sorted) so that a large
+/// CRD set stays small in memory; it is parsed again only while it is being applied.
 #[derive(Clone, Debug)]
 pub struct Manifest {
     pub artifact: String,
     pub version: String,
-    pub object: Value,
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub namespace: Option<String>,
+    /// `app.kubernetes.io/version` label, or Gateway API's bundle-version annotation.
+    pub version_label: Option<String>,
+    pub crd: Option<CrdNames>,
+    /// The document as compact JSON: the canonical form the applied digest is taken over.
+    pub json: String,
 }
 
 impl Manifest {
+    /// Builds a manifest from a parsed document; the error says what is missing.
+    pub fn from_value(artifact: &str, version: &str, object: &Value) -> Result<Manifest, String> {
+        let (Some(api_version), Some(kind)) =
+            (object["apiVersion"].as_str(), object["kind"].as_str())
+        else {
+            return Err("apiVersion and kind must be strings".into());
+        };
+        let Some(name) = object["metadata"]["name"].as_str() else {
+            return Err("metadata.name is missing".into());
+        };
+        let md = &object["metadata"];
+        let version_label = md["labels"]["app.kubernetes.io/version"]
+            .as_str()
+            .or_else(|| md["annotations"]["gateway.networking.k8s.io/bundle-version"].as_str())
+            .map(str::to_string);
+        let crd = (kind == "CustomResourceDefinition" && api_version == "apiextensions.k8s.io/v1")
+            .then(|| {
+                let spec = &object["spec"];
+                Some(CrdNames {
+                    group: spec["group"].as_str()?.to_string(),
+                    kind: spec["names"]["kind"].as_str()?.to_string(),
+                    plural: spec["names"]["plural"].as_str()?.to_string(),
+                    namespaced: spec["scope"].as_str() == Some("Namespaced"),
+                    versions: spec["versions"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|v| v["name"].as_str().map(str::to_string))
+                        .collect(),
+                })
+            })
+            .map(|c| {
+                c.ok_or_else(|| "CRD without spec.group, spec.names or spec.versions".to_string())
+            })
+            .transpose()?;
+        Ok(Manifest {
+            artifact: artifact.into(),
+            version: version.into(),
+            api_version: api_version.into(),
+            kind: kind.into(),
+            name: name.into(),
+            namespace: md["namespace"].as_str().map(str::to_string),
+            version_label,
+            crd,
+            json: serde_json::to_string(object).map_err(|e| e.to_string())?,
+        })
+    }
+
     pub fn kind(&self) -> &str {
-        self.object["kind"].as_str().unwrap_or_default()
+        &self.kind
     }
     pub fn name(&self) -> &str {
-        self.object["metadata"]["name"].as_str().unwrap_or_default()
+        &self.name
     }
     pub fn namespace(&self) -> Option<&str> {
-        self.object["metadata"]["namespace"].as_str()
+        self.namespace.as_deref()
     }
     pub fn is_crd(&self) -> bool {
-        self.kind() == "CustomResourceDefinition"
-            && self.object["apiVersion"] == "apiextensions.k8s.io/v1"
+        self.crd.is_some()
+    }
+    /// The document, parsed.
+    pub fn object(&self) -> Value {
+        serde_json::from_str(&self.json).unwrap_or(Value::Null)
+    }
+    /// sha256 of the canonical JSON.
+    pub fn digest(&self) -> String {
+        sha256_hex(self.json.as_bytes())
     }
 }
 
@@ -246,41 +319,26 @@ fn check_digest(a: &LockedArtifact, bytes: &[u8], origin: &str) -> Result<(), Bu
     }
 }
 
-/// Parses a digest-checked artifact into its documents.
+/// Parses a digest-checked artifact into its documents, one document at a time.
 fn parse_artifact(a: &LockedArtifact, bytes: &[u8]) -> Result<Vec<Manifest>, BundleError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| BundleError::Document {
+    std::str::from_utf8(bytes).map_err(|e| BundleError::Document {
         artifact: a.name.clone(),
         index: 0,
         message: format!("not UTF-8 text: {e}"),
     })?;
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| BundleError::Document {
-            artifact: a.name.clone(),
-            index: 0,
-            message: format!("not valid multi-document YAML: {e}"),
-        })?;
+    let mut reader = bytes;
     let mut out = Vec::new();
-    for (index, object) in docs.into_iter().enumerate() {
-        if object.is_null() {
-            continue;
-        }
+    for (index, doc) in serde_saphyr::read::<_, Value>(&mut reader).enumerate() {
         let err = |message: String| BundleError::Document {
             artifact: a.name.clone(),
             index,
             message,
         };
-        if !object["apiVersion"].is_string() || !object["kind"].is_string() {
-            return Err(err("apiVersion and kind must be strings".into()));
+        let object = doc.map_err(|e| err(format!("not valid YAML: {e}")))?;
+        if object.is_null() {
+            continue;
         }
-        if !object["metadata"]["name"].is_string() {
-            return Err(err("metadata.name is missing".into()));
-        }
-        let m = Manifest {
-            artifact: a.name.clone(),
-            version: a.version.clone(),
-            object,
-        };
-        out.push(m);
+        out.push(Manifest::from_value(&a.name, &a.version, &object).map_err(err)?);
     }
     Ok(out)
 }

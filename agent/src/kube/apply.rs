@@ -6,9 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::core::PartialObjectMeta;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -18,20 +19,48 @@ use super::{
     Cluster, DIGEST_ANNOTATION, FIELD_MANAGER, KubeError, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
     ObjectReport,
 };
-use crate::bundle::{Bundle, sha256_hex};
+use crate::bundle::{Bundle, Manifest};
 
 const VERSION_LABEL: &str = "app.kubernetes.io/version";
 const GATEWAY_VERSION_ANNOTATION: &str = "gateway.networking.k8s.io/bundle-version";
+
+/// What the agent reads back from an apply: nothing but the metadata it needs, so that a
+/// 1 MB CRD in the response is skipped rather than built into a tree.
+#[derive(Clone, Debug, Deserialize)]
+struct Applied {}
+
+/// A CRD in a watch event, reduced to its name and conditions.
+#[derive(Clone, Debug, Deserialize)]
+struct CrdState {
+    metadata: kube::api::ObjectMeta,
+    #[serde(default)]
+    status: CrdStatus,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct CrdStatus {
+    #[serde(default)]
+    conditions: Vec<CrdCondition>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct CrdCondition {
+    #[serde(rename = "type")]
+    type_: String,
+    status: String,
+}
 
 pub(crate) struct Applier<'a> {
     cluster: &'a Cluster,
     registry: Registry,
     deadline: Instant,
+    /// Namespaces this applier created: nothing can exist in them yet, so no list is needed.
+    created_namespaces: std::sync::Mutex<BTreeSet<String>>,
 }
 
 /// One object ready to apply.
 struct Planned<'o> {
-    object: &'o Value,
+    object: &'o Manifest,
     mapping: Mapping,
     namespace: Option<String>,
     name: String,
@@ -40,7 +69,7 @@ struct Planned<'o> {
 impl Planned<'_> {
     fn report(&self, state: &str, message: impl Into<String>) -> ObjectReport {
         ObjectReport::new(
-            self.object["kind"].as_str().unwrap_or_default(),
+            &self.object.kind,
             self.namespace.as_deref().unwrap_or_default(),
             &self.name,
             state,
@@ -71,22 +100,9 @@ fn version_of(
         .cloned()
 }
 
-fn object_version(o: &Value) -> Option<String> {
-    o["metadata"]["labels"][VERSION_LABEL]
-        .as_str()
-        .or_else(|| o["metadata"]["annotations"][GATEWAY_VERSION_ANNOTATION].as_str())
-        .map(str::to_string)
-}
-
-/// The digest identifies the object as defined (before the agent's own label/annotation).
-pub(crate) fn digest(o: &Value) -> String {
-    sha256_hex(&serde_json::to_vec(o).unwrap_or_default())
-}
-
 /// The object as sent: the definition plus the agent's label and digest annotation.
-pub(crate) fn desired(o: &Value) -> Value {
-    let d = digest(o);
-    let mut v = o.clone();
+pub(crate) fn desired(m: &Manifest) -> Value {
+    let mut v = m.object();
     if !v["metadata"]["labels"].is_object() {
         v["metadata"]["labels"] = json!({});
     }
@@ -94,7 +110,7 @@ pub(crate) fn desired(o: &Value) -> Value {
     if !v["metadata"]["annotations"].is_object() {
         v["metadata"]["annotations"] = json!({});
     }
-    v["metadata"]["annotations"][DIGEST_ANNOTATION] = json!(d);
+    v["metadata"]["annotations"][DIGEST_ANNOTATION] = json!(m.digest());
     v
 }
 
@@ -113,34 +129,29 @@ fn conflict_message(e: &KubeError) -> Option<String> {
 impl<'a> Applier<'a> {
     pub fn new(cluster: &'a Cluster, bundle: &Bundle, deadline: Instant) -> Applier<'a> {
         let mut registry = Registry::new();
-        for crd in bundle.all_crds() {
-            registry.add_crd(&crd.object);
+        for crd in bundle.all_crds().filter_map(|m| m.crd.as_ref()) {
+            registry.add_crd(crd);
         }
         Applier {
             cluster,
             registry,
             deadline,
+            created_namespaces: Default::default(),
         }
     }
 
-    async fn plan<'o>(&self, objects: &[&'o Value]) -> Result<Vec<Planned<'o>>, KubeError> {
+    async fn plan<'o>(&self, objects: &[&'o Manifest]) -> Result<Vec<Planned<'o>>, KubeError> {
         let mut out = Vec::with_capacity(objects.len());
         for o in objects {
-            let api_version = o["apiVersion"].as_str().unwrap_or_default();
-            let kind = o["kind"].as_str().unwrap_or_default();
-            let name = o["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
             let mapping = self
                 .registry
-                .resolve(self.cluster.client(), api_version, kind)
+                .resolve(self.cluster.client(), &o.api_version, &o.kind)
                 .await?;
-            let namespace = match (mapping.namespaced, o["metadata"]["namespace"].as_str()) {
-                (true, Some(ns)) => Some(ns.to_string()),
+            let namespace = match (mapping.namespaced, &o.namespace) {
+                (true, Some(ns)) => Some(ns.clone()),
                 (true, None) => {
                     return Err(KubeError::Invalid {
-                        object: format!("{kind} {name}"),
+                        object: format!("{} {}", o.kind, o.name),
                         message:
                             "namespaced object without metadata.namespace; set it in the bundle"
                                 .into(),
@@ -152,7 +163,7 @@ impl<'a> Applier<'a> {
                 object: o,
                 mapping,
                 namespace,
-                name,
+                name: o.name.clone(),
             });
         }
         Ok(out)
@@ -173,6 +184,15 @@ impl<'a> Applier<'a> {
                 p.namespace.clone(),
             );
             if !groups.insert(k) {
+                continue;
+            }
+            let fresh = p.namespace.as_ref().is_some_and(|ns| {
+                self.created_namespaces
+                    .lock()
+                    .map(|c| c.contains(ns))
+                    .unwrap_or(false)
+            });
+            if fresh {
                 continue;
             }
             let api = p.api(self.cluster.client());
@@ -206,7 +226,7 @@ impl<'a> Applier<'a> {
     }
 
     /// Applies one stage; returns a report per object, or the failures.
-    pub async fn apply_stage(&self, objects: &[&Value]) -> Result<Vec<ObjectReport>, KubeError> {
+    pub async fn apply_stage(&self, objects: &[&Manifest]) -> Result<Vec<ObjectReport>, KubeError> {
         if objects.is_empty() {
             return Ok(Vec::new());
         }
@@ -246,15 +266,15 @@ impl<'a> Applier<'a> {
         live: Option<&PartialObjectMeta<DynamicObject>>,
         force: bool,
     ) -> (ObjectReport, bool) {
-        let want = digest(p.object);
+        let want = p.object.digest();
         if let Some(live) = live {
             let annotations = live.metadata.annotations.as_ref();
             if annotations.and_then(|a| a.get(DIGEST_ANNOTATION)) == Some(&want) {
                 return (p.report("Unchanged", ""), false);
             }
-            if p.object["kind"] == "CustomResourceDefinition" {
+            if p.object.is_crd() {
                 let live_v = version_of(live.metadata.labels.as_ref(), annotations);
-                let ours = object_version(p.object);
+                let ours = p.object.version_label.clone();
                 if let (Some(lv), Some(ov)) = (
                     live_v.as_deref().and_then(parse_version),
                     ours.as_deref().and_then(parse_version),
@@ -277,16 +297,43 @@ impl<'a> Applier<'a> {
         let mut params = PatchParams::apply(FIELD_MANAGER);
         params.force = force;
         let context = format!("apply {}", p.report("", "").object());
-        let result = retry(self.deadline, || async {
-            api.patch(&p.name, &params, &Patch::Apply(&body))
+        let request = kube::core::Request::new(api.resource_url()).patch(
+            &p.name,
+            &params,
+            &Patch::Apply(&body),
+        );
+        drop(body);
+        let result = match request {
+            Ok(req) => {
+                retry(self.deadline, || {
+                    let req = clone_request(&req);
+                    async {
+                        self.cluster
+                            .client()
+                            .request::<Applied>(req)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| KubeError::from_kube(&context, e))
+                    }
+                })
                 .await
-                .map(|_| ())
-                .map_err(|e| KubeError::from_kube(&context, e))
-        })
-        .await;
+            }
+            Err(e) => Err(KubeError::Invalid {
+                object: p.report("", "").object(),
+                message: e.to_string(),
+            }),
+        };
         match result {
             Ok(()) if live.is_some() => (p.report("Configured", ""), false),
-            Ok(()) => (p.report("Created", ""), false),
+            Ok(()) => {
+                if p.object.kind == "Namespace"
+                    && p.object.api_version == "v1"
+                    && let Ok(mut c) = self.created_namespaces.lock()
+                {
+                    c.insert(p.name.clone());
+                }
+                (p.report("Created", ""), false)
+            }
             Err(e) => match conflict_message(&e) {
                 Some(m) => (p.report("Conflict", m), false),
                 None => {
@@ -319,6 +366,7 @@ impl<'a> Applier<'a> {
                 message: "missing from the built-in table".into(),
             })?;
         let api: Api<DynamicObject> = Api::all_with(self.cluster.client().clone(), &crd.resource);
+        let base = kube::core::Request::new(api.resource_url());
         let mut rv = "0".to_string();
         let not_established = |pending: &BTreeSet<String>| KubeError::NotEstablished {
             names: pending.iter().cloned().collect(),
@@ -330,10 +378,19 @@ impl<'a> Applier<'a> {
                 return Err(not_established(&pending));
             }
             let wp = WatchParams::default().timeout(remaining.as_secs().clamp(1, 290) as u32);
-            let opened = retry(until, || async {
-                api.watch(&wp, &rv)
-                    .await
-                    .map_err(|e| KubeError::from_kube("watch CustomResourceDefinitions", e))
+            let req = base.watch(&wp, &rv).map_err(|e| KubeError::Other {
+                context: "watch CustomResourceDefinitions".into(),
+                message: e.to_string(),
+            })?;
+            let opened = retry(until, || {
+                let req = clone_request(&req);
+                async {
+                    self.cluster
+                        .client()
+                        .request_events::<CrdState>(req)
+                        .await
+                        .map_err(|e| KubeError::from_kube("watch CustomResourceDefinitions", e))
+                }
             })
             .await;
             let stream = match opened {
@@ -341,18 +398,22 @@ impl<'a> Applier<'a> {
                 Err(e) if e.is_transient() => return Err(not_established(&pending)),
                 Err(e) => return Err(e),
             };
-            let mut stream = std::pin::pin!(stream.into_stream());
+            let mut stream = std::pin::pin!(stream);
             loop {
-                let next = match tokio::time::timeout_at(until, stream.try_next()).await {
+                let next = match tokio::time::timeout_at(until, stream.next()).await {
                     Ok(n) => n,
                     Err(_) => return Err(not_established(&pending)),
                 };
                 match next {
-                    Ok(Some(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
+                    Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
                         if let Some(v) = o.metadata.resource_version.clone() {
                             rv = v;
                         }
-                        if is_established(&o) {
+                        if o.status
+                            .conditions
+                            .iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                        {
                             if let Some(n) = &o.metadata.name {
                                 pending.remove(n);
                             }
@@ -361,16 +422,16 @@ impl<'a> Applier<'a> {
                             }
                         }
                     }
-                    Ok(Some(WatchEvent::Bookmark(b))) => rv = b.metadata.resource_version,
-                    Ok(Some(WatchEvent::Deleted(_))) => {}
-                    Ok(Some(WatchEvent::Error(s))) => {
+                    Some(Ok(WatchEvent::Bookmark(b))) => rv = b.metadata.resource_version,
+                    Some(Ok(WatchEvent::Deleted(_))) => {}
+                    Some(Ok(WatchEvent::Error(s))) => {
                         if s.code == 410 {
                             rv = "0".into();
                         }
                         break;
                     }
-                    Ok(None) => break,
-                    Err(e) => {
+                    None => break,
+                    Some(Err(e)) => {
                         tracing::debug!(error = %e, "CRD watch interrupted, reopening");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         break;
@@ -382,9 +443,12 @@ impl<'a> Applier<'a> {
     }
 }
 
-fn is_established(o: &DynamicObject) -> bool {
-    o.data["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == "Established" && c["status"] == "True")
-    })
+/// `http::Request` is not Clone; retries rebuild it from the parts.
+fn clone_request(req: &http::Request<Vec<u8>>) -> http::Request<Vec<u8>> {
+    let mut out = http::Request::new(req.body().clone());
+    *out.method_mut() = req.method().clone();
+    *out.uri_mut() = req.uri().clone();
+    *out.headers_mut() = req.headers().clone();
+    *out.version_mut() = req.version();
+    out
 }

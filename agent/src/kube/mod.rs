@@ -21,7 +21,7 @@ use std::time::Duration;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::time::Instant;
 
-use crate::bundle::{Bundle, BundleError};
+use crate::bundle::{Bundle, BundleError, Manifest};
 
 pub use flux::{FluxSync, Readiness};
 pub use secrets::{SecretOutcome, SecretReport, SecretSpec};
@@ -291,15 +291,14 @@ impl Cluster {
     async fn install_staged(
         &self,
         bundle: &Bundle,
-        manifests: &[crate::bundle::Manifest],
+        manifests: &[Manifest],
         deadline: Duration,
     ) -> Result<Vec<ObjectReport>, KubeError> {
         let until = Instant::now() + deadline;
         let applier = apply::Applier::new(self, bundle, until);
-        let (first, rest): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) = manifests
+        let (first, rest): (Vec<&Manifest>, Vec<&Manifest>) = manifests
             .iter()
-            .map(|m| &m.object)
-            .partition(|o| o["kind"] == "Namespace" || o["kind"] == "CustomResourceDefinition");
+            .partition(|m| m.is_crd() || (m.kind == "Namespace" && m.api_version == "v1"));
         let mut reports = applier.apply_stage(&first).await?;
         let crds: Vec<String> = manifests
             .iter()
@@ -333,8 +332,16 @@ impl Cluster {
 
     /// Applies the GitRepository and Kustomization `flux-system`.
     pub async fn apply_sync(&self, sync: &FluxSync) -> Result<Vec<ObjectReport>, KubeError> {
-        let objects = sync.objects();
-        let refs: Vec<&serde_json::Value> = objects.iter().collect();
+        let objects = sync
+            .objects()
+            .iter()
+            .map(|o| Manifest::from_value("flux-sync", "", o))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|message| KubeError::Invalid {
+                object: "flux-system sync objects".into(),
+                message,
+            })?;
+        let refs: Vec<&Manifest> = objects.iter().collect();
         let bundle = Bundle::default();
         apply::Applier::new(self, &bundle, self.budget())
             .apply_stage(&refs)

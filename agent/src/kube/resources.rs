@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::bundle::CrdNames;
 use kube::api::ApiResource;
 use kube::core::GroupVersionKind;
-use serde_json::Value;
 
 use super::KubeError;
 
@@ -127,28 +127,17 @@ impl Registry {
         r
     }
 
-    /// Adds every served version of a CRD object.
-    pub fn add_crd(&mut self, crd: &Value) {
-        let spec = &crd["spec"];
-        let (Some(group), Some(kind), Some(plural)) = (
-            spec["group"].as_str(),
-            spec["names"]["kind"].as_str(),
-            spec["names"]["plural"].as_str(),
-        ) else {
-            return;
-        };
-        let namespaced = spec["scope"].as_str() == Some("Namespaced");
-        for v in spec["versions"].as_array().into_iter().flatten() {
-            if let Some(version) = v["name"].as_str() {
-                let gvk = GroupVersionKind::gvk(group, version, kind);
-                self.known.insert(
-                    key(&gvk.api_version(), kind),
-                    Mapping {
-                        resource: ApiResource::from_gvk_with_plural(&gvk, plural),
-                        namespaced,
-                    },
-                );
-            }
+    /// Adds every version of a CRD.
+    pub fn add_crd(&mut self, crd: &CrdNames) {
+        for version in &crd.versions {
+            let gvk = GroupVersionKind::gvk(&crd.group, version, &crd.kind);
+            self.known.insert(
+                key(&gvk.api_version(), &crd.kind),
+                Mapping {
+                    resource: ApiResource::from_gvk_with_plural(&gvk, &crd.plural),
+                    namespaced: crd.namespaced,
+                },
+            );
         }
     }
 
