@@ -26,6 +26,7 @@ fn agent_child(kubeconfig: &Path, bundle_dir: &Path) {
         .build()
         .unwrap();
     rt.block_on(async {
+        let t0 = Instant::now();
         let hwm = |what: &str| {
             if std::env::var_os("KUBE_APPLY_BENCH_TRACE").is_some() {
                 let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -34,7 +35,10 @@ fn agent_child(kubeconfig: &Path, bundle_dir: &Path) {
                     .filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS"))
                     .collect::<Vec<_>>()
                     .join(" ");
-                eprintln!("{what}: {l}");
+                eprintln!(
+                    "{:>7.1} ms {what}: {l}",
+                    t0.elapsed().as_secs_f64() * 1000.0
+                );
             }
         };
         hwm("start");

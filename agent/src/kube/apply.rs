@@ -377,7 +377,8 @@ impl<'a> Applier<'a> {
             if remaining.is_zero() {
                 return Err(not_established(&pending));
             }
-            let wp = WatchParams::default().timeout(remaining.as_secs().clamp(1, 290) as u32);
+            // Under the client's 60 s read timeout: an idle watch ends cleanly and is reopened.
+            let wp = WatchParams::default().timeout(remaining.as_secs().clamp(1, 50) as u32);
             let req = base.watch(&wp, &rv).map_err(|e| KubeError::Other {
                 context: "watch CustomResourceDefinitions".into(),
                 message: e.to_string(),

@@ -327,7 +327,8 @@ impl Cluster {
                 format!("Flux components are owned by Git: flux-system has applied {rev}"),
             )]);
         }
-        self.install_staged(bundle, &bundle.flux, deadline).await
+        let left = until.saturating_duration_since(Instant::now());
+        self.install_staged(bundle, &bundle.flux, left).await
     }
 
     /// Applies the GitRepository and Kustomization `flux-system`.
