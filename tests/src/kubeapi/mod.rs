@@ -11,6 +11,7 @@ mod resources;
 #[allow(clippy::result_large_err)] // handlers return ready-made error responses
 mod server;
 mod state;
+mod tls;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,6 +126,7 @@ pub struct KubeApi {
     shared: Arc<Shared>,
     addr: std::net::SocketAddr,
     accept: tokio::task::JoinHandle<()>,
+    tls: Option<tls::TlsMaterial>,
 }
 
 impl Drop for KubeApi {
@@ -140,6 +142,19 @@ impl KubeApi {
     }
 
     pub async fn start_with(policy: CrdPolicy) -> std::io::Result<KubeApi> {
+        KubeApi::start_inner(policy, None).await
+    }
+
+    /// Starts a stand-in serving HTTPS with a fresh cluster CA and requiring the admin client
+    /// certificate, as a Talos control plane does; [`KubeApi::kubeconfig`] embeds all three.
+    pub async fn start_tls(policy: CrdPolicy) -> std::io::Result<KubeApi> {
+        KubeApi::start_inner(policy, Some(tls::generate()?)).await
+    }
+
+    async fn start_inner(
+        policy: CrdPolicy,
+        tls: Option<tls::TlsMaterial>,
+    ) -> std::io::Result<KubeApi> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (events, _) = broadcast::channel(4096);
@@ -154,17 +169,30 @@ impl KubeApi {
             crd_policy: Mutex::new(policy),
         });
         let s = shared.clone();
+        let acceptor = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let s = s.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| server::handle(s.clone(), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        Some(a) => {
+                            if let Ok(tls) = a.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         });
@@ -172,19 +200,40 @@ impl KubeApi {
             shared,
             addr,
             accept,
+            tls,
         })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
-    /// A kubeconfig pointing at this stand-in (no credentials; plain HTTP).
+    /// A kubeconfig pointing at this stand-in: plain HTTP without credentials, or with TLS the
+    /// cluster CA and the admin client certificate and key (base64 PEM, like Talos writes them).
     pub fn kubeconfig(&self) -> String {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let (ca, user) = match &self.tls {
+            Some(t) => (
+                format!("\n    certificate-authority-data: {}", b64(&t.ca_pem)),
+                format!(
+                    "\n    client-certificate-data: {}\n    client-key-data: {}",
+                    b64(&t.client_cert_pem),
+                    b64(&t.client_key_pem)
+                ),
+            ),
+            None => (String::new(), " {}".to_string()),
+        };
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {}\ncontexts:\n- name: standin\n  context:\n    cluster: standin\n    user: standin\nusers:\n- name: standin\n  user: {{}}\ncurrent-context: standin\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {}{ca}\ncontexts:\n- name: standin\n  context:\n    cluster: standin\n    user: admin\nusers:\n- name: admin\n  user:{user}\ncurrent-context: standin\n",
             self.url()
         )
+    }
+
+    /// The cluster CA (PEM) when serving TLS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.ca_pem.as_str())
     }
 
     /// Requests received so far (every method, including faulted ones).
