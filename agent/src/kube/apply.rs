@@ -453,3 +453,17 @@ fn clone_request(req: &http::Request<Vec<u8>>) -> http::Request<Vec<u8>> {
     *out.version_mut() = req.version();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_version;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(parse_version("v1.21.1") < parse_version("v1.22.0"));
+        assert!(parse_version("v1.10.0") > parse_version("v1.9.9"));
+        assert_eq!(parse_version("v1.6.1"), parse_version("1.6.1"));
+        assert_eq!(parse_version("v1.6.1-rc.1"), Some(vec![1, 6, 1]));
+        assert_eq!(parse_version("latest"), None);
+    }
+}

@@ -364,3 +364,99 @@ pub(crate) async fn check_ready(
         Ok(Readiness::Progressing(reports))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn obj(v: Value) -> DynamicObject {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn durations_are_written_as_go_does() {
+        assert_eq!(go_duration(Duration::from_secs(60)), "1m0s");
+        assert_eq!(go_duration(Duration::from_secs(600)), "10m0s");
+        assert_eq!(go_duration(Duration::from_secs(3725)), "1h2m5s");
+        assert_eq!(go_duration(Duration::from_secs(30)), "30s");
+    }
+
+    #[test]
+    fn sync_objects_match_flux_bootstrap() {
+        let mut s = FluxSync::new("https://example.test/repo.git", "main", "./clusters/home");
+        let o = s.objects();
+        assert!(o[0]["spec"].get("secretRef").is_none());
+        assert_eq!(o[1]["spec"]["decryption"]["secretRef"]["name"], "sops-age");
+        assert_eq!(
+            o[1]["spec"]["sourceRef"],
+            json!({"kind": "GitRepository", "name": "flux-system"})
+        );
+        s.secret_ref = Some("deploy-key".into());
+        assert_eq!(s.objects()[0]["spec"]["secretRef"]["name"], "deploy-key");
+    }
+
+    #[test]
+    fn flux_objects_are_judged_like_flux() {
+        let base = |status: Value, generation: i64| {
+            obj(
+                json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+                "metadata": {"name": "flux-system", "namespace": "flux-system", "generation": generation},
+                "status": status}),
+            )
+        };
+        let ready = json!({"observedGeneration": 2, "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": "ok"}],
+            "artifact": {"revision": "main@sha1:abc"}});
+        assert_eq!(
+            judge_flux("GitRepository", &base(ready.clone(), 2), "main").state,
+            "Ready"
+        );
+        // An old generation is not ready yet, whatever its conditions say.
+        assert_eq!(
+            judge_flux("GitRepository", &base(ready, 3), "main").state,
+            "Progressing"
+        );
+        // Another branch's artifact is not the one asked for.
+        let other = json!({"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}], "artifact": {"revision": "dev@sha1:abc"}});
+        assert_eq!(
+            judge_flux("GitRepository", &base(other, 1), "main").state,
+            "Progressing"
+        );
+        // Stalled is terminal, with Flux's message.
+        let stalled = json!({"observedGeneration": 1, "conditions": [
+            {"type": "Ready", "status": "False", "reason": "InvalidURL", "message": "bad url"},
+            {"type": "Stalled", "status": "True", "reason": "InvalidURL", "message": "URL scheme not supported"}]});
+        let r = judge_flux("GitRepository", &base(stalled, 1), "main");
+        assert_eq!(
+            (r.state.as_str(), r.message.as_str()),
+            ("Failed", "URL scheme not supported")
+        );
+        // A Git error that may pass is a wait that shows the cause.
+        let git = json!({"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "False", "reason": "GitOperationFailed", "message": "dial tcp: lookup github.com: no such host"}]});
+        let r = judge_flux("GitRepository", &base(git, 1), "main");
+        assert_eq!(r.state, "Progressing");
+        assert!(r.message.contains("no such host"));
+    }
+
+    #[test]
+    fn deployments_are_judged_by_kstatus_rules() {
+        let d = |status: Value| {
+            obj(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "kustomize-controller", "namespace": "flux-system", "generation": 1},
+                "spec": {"replicas": 1}, "status": status}))
+        };
+        let available = json!({"type": "Available", "status": "True"});
+        assert_eq!(judge_deployment(&d(json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1, "conditions": [available]}))).state, "Ready");
+        assert_eq!(judge_deployment(&d(json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 1, "conditions": [available]}))).state, "Progressing");
+        assert_eq!(
+            judge_deployment(&d(json!({"observedGeneration": 0}))).state,
+            "Progressing"
+        );
+        let stuck = json!({"observedGeneration": 1, "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet has timed out progressing."}]});
+        let r = judge_deployment(&d(stuck));
+        assert_eq!(
+            (r.state.as_str(), r.message.as_str()),
+            ("Failed", "ReplicaSet has timed out progressing.")
+        );
+    }
+}
