@@ -327,12 +327,15 @@ fn parse_artifact(a: &LockedArtifact, bytes: &[u8]) -> Result<Vec<Manifest>, Bun
         message: format!("not UTF-8 text: {e}"),
     })?;
     let text = std::str::from_utf8(bytes).unwrap_or_default();
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| BundleError::Document {
-            artifact: a.name.clone(),
-            index: 0,
-            message: format!("not valid YAML: {e}"),
-        })?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(
+        text,
+        serde_saphyr::options! { emit_comments: false },
+    )
+    .map_err(|e| BundleError::Document {
+        artifact: a.name.clone(),
+        index: 0,
+        message: format!("not valid YAML: {e}"),
+    })?;
     let mut out = Vec::new();
     for (index, object) in docs.into_iter().enumerate() {
         let err = |message: String| BundleError::Document {
@@ -358,13 +361,22 @@ impl Bundle {
 
     /// Parses digest-checked artifacts, one thread per artifact (YAML parsing dominates the
     /// load time of the 2 MB CRD sets).
-    fn from_artifacts(lock: &BundleLock, raw: Vec<Vec<u8>>) -> Result<Bundle, BundleError> {
+    /// `raw` pairs each artifact's bytes with where they came from (for the digest error).
+    fn from_artifacts(
+        lock: &BundleLock,
+        raw: Vec<(Vec<u8>, String)>,
+    ) -> Result<Bundle, BundleError> {
         let parsed: Vec<Result<Vec<Manifest>, BundleError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = lock
                 .artifacts
                 .iter()
                 .zip(raw.iter())
-                .map(|(a, bytes)| scope.spawn(move || parse_artifact(a, bytes)))
+                .map(|(a, (bytes, origin))| {
+                    scope.spawn(move || {
+                        check_digest(a, bytes, origin)?;
+                        parse_artifact(a, bytes)
+                    })
+                })
                 .collect();
             handles
                 .into_iter()
@@ -399,8 +411,7 @@ impl Bundle {
                 path: path.clone(),
                 source,
             })?;
-            check_digest(a, &bytes, &path.display().to_string())?;
-            raw.push(bytes);
+            raw.push((bytes, path.display().to_string()));
         }
         Bundle::from_artifacts(&lock, raw)
     }
@@ -412,8 +423,7 @@ impl Bundle {
         let mut raw = Vec::with_capacity(lock.artifacts.len());
         for a in &lock.artifacts {
             let bytes = download(&client, a, opts).await?;
-            check_digest(a, &bytes, &a.url)?;
-            raw.push(bytes);
+            raw.push((bytes, a.url.clone()));
         }
         let lock = lock.clone();
         tokio::task::spawn_blocking(move || Bundle::from_artifacts(&lock, raw))
