@@ -527,3 +527,57 @@ async fn conflicts_are_reported_not_forced_and_newer_crds_are_kept() {
         "a conflicting field must not be forced"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_takes_back_only_objects_the_agent_created() {
+    use bootstrap_agent::kube::ClusterOptions;
+    let e = env_with(CrdPolicy::default(), false).await;
+    // Someone else made this Service: it must not be forced even with force configured.
+    e.api.seed(
+        &ObjectRef::new("", "namespaces", "", "flux-system"),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}}),
+        "kubectl-create",
+    );
+    e.api.seed(
+        &ObjectRef::new("", "services", "flux-system", "source-controller"),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "source-controller"}, "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": 8080}]}}),
+        "kubectl-edit",
+    );
+    let forcing = e.cluster.clone().with_options(ClusterOptions {
+        force_conflicts: true,
+        ..Default::default()
+    });
+    e.cluster
+        .install_crds(&e.bundle, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let err = forcing
+        .install_flux(&e.bundle, Duration::from_secs(30))
+        .await
+        .expect_err("foreign object stays a conflict");
+    assert!(
+        matches!(&err, KubeError::Apply { failures, .. } if failures.len() == 1 && failures[0].name == "source-controller"),
+        "{err}"
+    );
+
+    // An object the agent created and someone edited since is taken back when forced.
+    let nc = ObjectRef::new("", "services", "flux-system", "notification-controller");
+    let mut svc = e.api.get(&nc).expect("created by the agent");
+    svc["spec"]["ports"][0]["port"] = json!(9999);
+    svc["metadata"]["annotations"]["bootstrap-agent.io/applied-digest"] = json!("edited");
+    e.api.replace_as(&nc, svc, "kubectl-edit");
+    let err = e
+        .cluster
+        .install_flux(&e.bundle, Duration::from_secs(30))
+        .await
+        .expect_err("without force it is reported");
+    assert!(err.to_string().contains("notification-controller"), "{err}");
+    let _ = forcing
+        .install_flux(&e.bundle, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        e.api.get(&nc).unwrap()["spec"]["ports"][0]["port"],
+        80,
+        "forced back to the bundle's value"
+    );
+}

@@ -295,7 +295,16 @@ impl<'a> Applier<'a> {
         let body = desired(p.object);
         let api = p.api(self.cluster.client());
         let mut params = PatchParams::apply(FIELD_MANAGER);
-        params.force = force;
+        // Force only takes back fields on objects the agent created (they carry its label);
+        // anything another tool made is never forced, whatever the configuration says.
+        params.force = force
+            && live.is_some_and(|l| {
+                l.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|ls| ls.get(MANAGED_BY_LABEL))
+                    .is_some_and(|v| v == MANAGED_BY_VALUE)
+            });
         let context = format!("apply {}", p.report("", "").object());
         let request = kube::core::Request::new(api.resource_url()).patch(
             &p.name,

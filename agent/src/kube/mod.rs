@@ -181,7 +181,9 @@ pub struct ClusterOptions {
     pub request_budget: Duration,
     /// Concurrent requests within one apply stage.
     pub concurrency: usize,
-    /// Take over fields other managers own (only for objects the agent owns by configuration).
+    /// Take back fields another manager changed, on objects the agent created (labelled
+    /// `app.kubernetes.io/managed-by: bootstrap-agent`). Objects made by anyone else are never
+    /// forced; their conflicts are reported.
     pub force_conflicts: bool,
 }
 

@@ -373,6 +373,27 @@ impl KubeApi {
         }
     }
 
+    /// Replaces an object as another client's update (`manager` takes the fields it changed).
+    pub fn replace_as(&self, r: &ObjectRef, mut obj: Value, manager: &str) -> bool {
+        let updated = self.shared.state.lock().ok().and_then(|mut s| {
+            let key = r.key();
+            let old = s.objects.get(&key)?.clone();
+            fields::record_update(Some(&old), &mut obj, manager, false, &state::now());
+            Some(s.replace(&key, obj))
+        });
+        match updated {
+            Some(obj) => {
+                self.shared.emit(Event {
+                    key: r.key(),
+                    kind: "MODIFIED",
+                    object: Arc::new(obj),
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Marks a Deployment Available with all replicas updated, as kube-controller-manager would.
     pub fn mark_deployment_available(&self, namespace: &str, name: &str) -> bool {
         let r = ObjectRef::new("apps", "deployments", namespace, name);
