@@ -473,7 +473,7 @@ async fn resource(
                 Ok(v) => v,
                 Err(e) => return bad_request(e),
             };
-            write(shared, &t, &key, &name, status_only, dry_run, |old| {
+            write(shared, &t, &key, &name, dry_run, |old| {
                 let Some(old) = old else {
                     return Err(not_found(&t, &name));
                 };
@@ -542,7 +542,7 @@ async fn resource(
                 if let Some(ns) = &namespace {
                     applied["metadata"]["namespace"] = json!(ns);
                 }
-                write(shared, &t, &key, &name, status_only, dry_run, |old| {
+                write(shared, &t, &key, &name, dry_run, |old| {
                     if old.is_none() && status_only {
                         return Err(not_found(&t, &name));
                     }
@@ -552,7 +552,7 @@ async fn resource(
             } else if content_type.starts_with("application/merge-patch+json")
                 || content_type.starts_with("application/strategic-merge-patch+json")
             {
-                write(shared, &t, &key, &name, status_only, dry_run, |old| {
+                write(shared, &t, &key, &name, dry_run, |old| {
                     let Some(old) = old else {
                         return Err(not_found(&t, &name));
                     };
@@ -664,11 +664,9 @@ fn write(
     t: &ResourceType,
     key: &Key,
     name: &str,
-    status_only: bool,
     dry_run: bool,
     f: impl FnOnce(Option<&Value>) -> Result<Value, Response<Body>>,
 ) -> Response<Body> {
-    let _ = status_only;
     let Ok(mut s) = shared.state.lock() else {
         return status(
             500,
@@ -780,7 +778,7 @@ fn create(
         m.remove("status");
     }
     fields::record_update(None, &mut obj, manager, false, &now());
-    write(shared, t, &key, &name, false, dry_run, |_| Ok(obj))
+    write(shared, t, &key, &name, dry_run, |_| Ok(obj))
 }
 
 /// `fieldSelector=metadata.name=X` and simple `labelSelector=k=v,k2=v2`.
