@@ -1,3 +1,5 @@
 //! Stand-ins and harnesses shared by the end-to-end tests.
+
+pub mod kubeapi;
 pub mod swtpm;
 pub mod talos;

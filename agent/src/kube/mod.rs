@@ -1,1 +1,358 @@
-//! The Kubernetes half of the boot: staged server-side apply, secrets, Flux sync, readiness.
+//! The Kubernetes half of the boot: the SOPS key and other sealed secrets, the CRD sets, Flux's
+//! components and its sync objects, all by server-side apply with one field manager, then
+//! readiness judged the way kstatus and Flux judge it.
+//!
+//! Every object the agent writes carries the label `app.kubernetes.io/managed-by:
+//! bootstrap-agent` and the annotation `bootstrap-agent.io/applied-digest` (sha256 of the object
+//! as the bundle or configuration defines it). A rerun compares that digest from one metadata
+//! list per kind and sends nothing for objects already applied, so a finished cluster sees no
+//! mutating request.
+
+mod apply;
+mod flux;
+mod resources;
+mod retry;
+mod secrets;
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::time::Instant;
+
+use crate::bundle::{Bundle, BundleError, Manifest};
+
+pub use flux::{FluxSync, Readiness};
+pub use secrets::{SecretOutcome, SecretReport, SecretSpec};
+
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "bootstrap-agent";
+/// Label on every object the agent creates or applies.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "bootstrap-agent";
+/// Annotation holding the sha256 of the object as the agent last applied it.
+pub const DIGEST_ANNOTATION: &str = "bootstrap-agent.io/applied-digest";
+
+/// One line of the status file: what happened to one object.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectReport {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// Apply: Created, Configured, Unchanged, Kept (newer or owned elsewhere), Conflict, Failed.
+    /// Readiness: Ready, Progressing, Failed. Secrets: Created, Unchanged, Differs, Replaced.
+    pub state: String,
+    pub message: String,
+}
+
+impl ObjectReport {
+    pub fn new(
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        state: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        ObjectReport {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            state: state.into(),
+            message: message.into(),
+        }
+    }
+    /// `Kind namespace/name` or `Kind name`.
+    pub fn object(&self) -> String {
+        if self.namespace.is_empty() {
+            format!("{} {}", self.kind, self.name)
+        } else {
+            format!("{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+impl fmt::Display for ObjectReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object(), self.state)?;
+        if !self.message.is_empty() {
+            write!(f, " ({})", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("the kubeconfig is unusable: {0}; check the kubeconfig Talos returned")]
+    Kubeconfig(String),
+    #[error("{context}: the API server answered {code} {reason}: {message}")]
+    Api {
+        context: String,
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    #[error("{context}: cannot talk to the API server: {message}")]
+    Transport { context: String, message: String },
+    #[error("{context}: {message}")]
+    Other { context: String, message: String },
+    #[error(
+        "CustomResourceDefinitions not Established within {waited:?}: {}; check the API server's log for why they are not served",
+        names.join(", ")
+    )]
+    NotEstablished {
+        names: Vec<String>,
+        waited: Duration,
+    },
+    #[error("{} object(s) could not be applied: {}", failures.len(), failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; "))]
+    Apply {
+        failures: Vec<ObjectReport>,
+        /// Every failure was a transient API error that outlasted the retry budget.
+        transient: bool,
+    },
+    #[error("{object}: {message}")]
+    Invalid { object: String, message: String },
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+}
+
+impl KubeError {
+    /// Worth retrying: server errors (5xx, 429), connection failures, and deadlines that may
+    /// pass on a later attempt. Conflicts, refusals and invalid objects are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KubeError::Api { code, .. } => *code >= 500 || *code == 429,
+            KubeError::Transport { .. } | KubeError::NotEstablished { .. } => true,
+            KubeError::Apply { transient, .. } => *transient,
+            KubeError::Bundle(b) => b.is_transient(),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn from_kube(context: &str, e: kube::Error) -> KubeError {
+        match e {
+            kube::Error::Api(s) => KubeError::Api {
+                context: context.into(),
+                code: s.code,
+                reason: s.reason.clone(),
+                message: s.message.clone(),
+            },
+            kube::Error::HyperError(_)
+            | kube::Error::Service(_)
+            | kube::Error::ReadEvents(_)
+            | kube::Error::HttpError(_) => KubeError::Transport {
+                context: context.into(),
+                message: error_chain(&e),
+            },
+            other => KubeError::Other {
+                context: context.into(),
+                message: error_chain(&other),
+            },
+        }
+    }
+
+    pub(crate) fn code(&self) -> Option<u16> {
+        match self {
+            KubeError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Tunables of a [`Cluster`].
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// How long one request is retried on transient errors when the call has no deadline.
+    pub request_budget: Duration,
+    /// Concurrent requests within one apply stage.
+    pub concurrency: usize,
+    /// Take back fields another manager changed, on objects the agent created (labelled
+    /// `app.kubernetes.io/managed-by: bootstrap-agent`). Objects made by anyone else are never
+    /// forced; their conflicts are reported.
+    pub force_conflicts: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            request_budget: Duration::from_secs(60),
+            concurrency: 8,
+            force_conflicts: false,
+        }
+    }
+}
+
+/// A connection to the cluster's API server.
+#[derive(Clone)]
+pub struct Cluster {
+    client: kube::Client,
+    options: ClusterOptions,
+}
+
+impl Cluster {
+    /// Connects with an in-memory kubeconfig (as Talos returns it); nothing is written to disk.
+    pub async fn connect(kubeconfig_yaml: &str) -> Result<Cluster, KubeError> {
+        let kc = Kubeconfig::from_yaml(kubeconfig_yaml)
+            .map_err(|e| KubeError::Kubeconfig(error_chain(&e)))?;
+        Cluster::from_kubeconfig(kc).await
+    }
+
+    pub async fn connect_path(path: &Path) -> Result<Cluster, KubeError> {
+        let kc = Kubeconfig::read_from(path).map_err(|e| {
+            KubeError::Kubeconfig(format!("{}: {}", path.display(), error_chain(&e)))
+        })?;
+        Cluster::from_kubeconfig(kc).await
+    }
+
+    async fn from_kubeconfig(kc: Kubeconfig) -> Result<Cluster, KubeError> {
+        // kube is built with rustls + ring; make sure ring is the process provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| KubeError::Kubeconfig(error_chain(&e)))?;
+        config.connect_timeout = Some(Duration::from_secs(10));
+        config.read_timeout = Some(Duration::from_secs(60));
+        config.write_timeout = Some(Duration::from_secs(60));
+        let client =
+            kube::Client::try_from(config).map_err(|e| KubeError::Kubeconfig(error_chain(&e)))?;
+        Ok(Cluster {
+            client,
+            options: ClusterOptions::default(),
+        })
+    }
+
+    pub fn with_options(mut self, options: ClusterOptions) -> Cluster {
+        self.options = options;
+        self
+    }
+
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    fn budget(&self) -> Instant {
+        Instant::now() + self.options.request_budget
+    }
+
+    /// One readiness probe of the API server (`/readyz`); the caller polls.
+    pub async fn api_ready(&self) -> Result<(), KubeError> {
+        let req = http::Request::get("/readyz")
+            .body(Vec::new())
+            .map_err(|e| KubeError::Other {
+                context: "build /readyz request".into(),
+                message: e.to_string(),
+            })?;
+        let text = self
+            .client
+            .request_text(req)
+            .await
+            .map_err(|e| KubeError::from_kube("GET /readyz", e))?;
+        if text.trim() == "ok" {
+            Ok(())
+        } else {
+            Err(KubeError::Api {
+                context: "GET /readyz".into(),
+                code: 503,
+                reason: "NotReady".into(),
+                message: text.chars().take(500).collect(),
+            })
+        }
+    }
+
+    /// Creates each secret when missing; leaves a different one untouched unless `overwrite`.
+    pub async fn seed_secrets(&self, specs: &[SecretSpec]) -> Result<Vec<SecretReport>, KubeError> {
+        secrets::seed(self, specs).await
+    }
+
+    /// Applies the bundle's CRD sets (namespaces and CRDs) and waits until every one is
+    /// Established. CRDs the cluster already has in the same or a newer version are left alone.
+    pub async fn install_crds(
+        &self,
+        bundle: &Bundle,
+        deadline: Duration,
+    ) -> Result<Vec<ObjectReport>, KubeError> {
+        self.install_staged(bundle, &bundle.crds, deadline).await
+    }
+
+    /// Namespaces and CRDs, wait until the CRDs are Established and served, then the rest.
+    async fn install_staged(
+        &self,
+        bundle: &Bundle,
+        manifests: &[Manifest],
+        deadline: Duration,
+    ) -> Result<Vec<ObjectReport>, KubeError> {
+        let until = Instant::now() + deadline;
+        let applier = apply::Applier::new(self, bundle, until);
+        let (first, rest): (Vec<&Manifest>, Vec<&Manifest>) = manifests
+            .iter()
+            .partition(|m| m.is_crd() || (m.kind == "Namespace" && m.api_version == "v1"));
+        let mut reports = applier.apply_stage(&first).await?;
+        let crds: Vec<String> = manifests
+            .iter()
+            .filter(|m| m.is_crd())
+            .map(|m| m.name().to_string())
+            .collect();
+        applier.wait_established(&crds, deadline).await?;
+        reports.extend(applier.apply_stage(&rest).await?);
+        Ok(reports)
+    }
+
+    /// Installs Flux's components in two stages (namespaces + CRDs, wait Established, the
+    /// rest), unless the `flux-system` Kustomization has already applied: then Git owns them.
+    pub async fn install_flux(
+        &self,
+        bundle: &Bundle,
+        deadline: Duration,
+    ) -> Result<Vec<ObjectReport>, KubeError> {
+        let until = Instant::now() + deadline;
+        if let Some(rev) = flux::applied_revision(self, until).await? {
+            return Ok(vec![ObjectReport::new(
+                "Kustomization",
+                flux::NAMESPACE,
+                flux::NAME,
+                "Kept",
+                format!("Flux components are owned by Git: flux-system has applied {rev}"),
+            )]);
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        self.install_staged(bundle, &bundle.flux, left).await
+    }
+
+    /// Applies the GitRepository and Kustomization `flux-system`.
+    pub async fn apply_sync(&self, sync: &FluxSync) -> Result<Vec<ObjectReport>, KubeError> {
+        let objects = sync
+            .objects()
+            .iter()
+            .map(|o| Manifest::from_value("flux-sync", "", o))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|message| KubeError::Invalid {
+                object: "flux-system sync objects".into(),
+                message,
+            })?;
+        let refs: Vec<&Manifest> = objects.iter().collect();
+        let bundle = Bundle::default();
+        apply::Applier::new(self, &bundle, self.budget())
+            .apply_stage(&refs)
+            .await
+    }
+
+    /// One readiness pass over the sync objects and Flux's controllers.
+    pub async fn check_ready(&self, sync: &FluxSync) -> Result<Readiness, KubeError> {
+        flux::check_ready(self, sync, self.budget()).await
+    }
+}
