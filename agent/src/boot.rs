@@ -99,10 +99,8 @@ impl StepFailure {
 
 /// What each step does. One attempt per call; the machine does the retrying.
 pub trait Steps {
-    fn attempt(
-        &mut self,
-        step: StepId,
-    ) -> impl Future<Output = Result<Outcome, StepFailure>> + Send;
+    // Not `Send`: the machine runs on the task that drives the whole run, never spawned.
+    fn attempt(&mut self, step: StepId) -> impl Future<Output = Result<Outcome, StepFailure>>;
 }
 
 /// How a run ended.

@@ -367,7 +367,10 @@ const KNOWN: &[(&str, &[&str])] = &[
     ),
     ("talos", &["socket", "bootstrapEtcd"]),
     ("kubernetes", &["kubeconfig"]),
-    ("tpm", &["device", "pcrs", "lockPcr", "nvIndex", "saltKeyName"]),
+    (
+        "tpm",
+        &["device", "pcrs", "lockPcr", "nvIndex", "saltKeyName"],
+    ),
     (
         "secrets[]",
         &[
@@ -574,7 +577,8 @@ fn line_of_key(text: &str, key: &str) -> Option<u64> {
             line.match_indices(key).any(|(at, _)| {
                 let before = line[..at].chars().next_back();
                 let after = line[at + key.len()..].trim_start();
-                before.is_none_or(|c| matches!(c, ' ' | '{' | ',' | '-' | '\t')) && after.starts_with(':')
+                before.is_none_or(|c| matches!(c, ' ' | '{' | ',' | '-' | '\t'))
+                    && after.starts_with(':')
             })
         })
         .map(|i| i as u64 + 1)

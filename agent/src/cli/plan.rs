@@ -20,7 +20,7 @@ pub fn main(path: &Path) -> u8 {
         .iter()
         .map(ToString::to_string)
         .collect();
-    let node = Node::new(config.clone());
+    let mut node = Node::new(config.clone());
     problems.extend(node.check_offline());
     let plan = Plan::new(&config, node.bundle_objects());
     print!("{plan}");

@@ -53,7 +53,7 @@ async fn run(args: &RunArgs) -> u8 {
                 return crate::exit::CONFIG;
             }
         };
-        let node = Node::new(config.clone());
+        let mut node = Node::new(config.clone());
         let plan = Plan::new(&config, node.bundle_objects());
         let file = StatusFile::new(&config.status);
         let previous = match file.load() {

@@ -274,6 +274,16 @@ impl Cluster {
         }
     }
 
+    /// Whether the Secret `namespace/name` exists with data key `key` (values are not read out).
+    pub async fn secret_has_key(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<bool, KubeError> {
+        secrets::has_key(self, namespace, name, key).await
+    }
+
     /// Creates each secret when missing; leaves a different one untouched unless `overwrite`.
     pub async fn seed_secrets(&self, specs: &[SecretSpec]) -> Result<Vec<SecretReport>, KubeError> {
         secrets::seed(self, specs).await

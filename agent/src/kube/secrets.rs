@@ -222,3 +222,26 @@ async fn seed_one(cluster: &Cluster, spec: &SecretSpec) -> Result<SecretOutcome,
         message: "the secret was created and deleted concurrently twice; retry".into(),
     })
 }
+
+/// Whether `namespace/name` exists with data key `key` (the value is not looked at and is
+/// scrubbed at once).
+pub(crate) async fn has_key(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<bool, KubeError> {
+    let api: Api<Secret> = Api::namespaced(cluster.client().clone(), namespace);
+    let context = format!("secret {namespace}/{name}");
+    let live = retry(cluster.budget(), || async {
+        api.get_opt(name)
+            .await
+            .map_err(|e| KubeError::from_kube(&context, e))
+    })
+    .await?;
+    Ok(live.is_some_and(|mut s| {
+        let present = s.data.as_ref().is_some_and(|d| d.contains_key(key));
+        scrub(&mut s);
+        present
+    }))
+}
