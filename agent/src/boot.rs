@@ -430,10 +430,7 @@ mod tests {
     }
 
     impl Steps for Scripted {
-        fn attempt(
-            &mut self,
-            step: StepId,
-        ) -> impl Future<Output = Result<Outcome, StepFailure>> + Send {
+        fn attempt(&mut self, step: StepId) -> impl Future<Output = Result<Outcome, StepFailure>> {
             self.calls.lock().unwrap().push(step);
             let next = self
                 .script
@@ -783,7 +780,7 @@ mod tests {
             fn attempt(
                 &mut self,
                 step: StepId,
-            ) -> impl Future<Output = Result<Outcome, StepFailure>> + Send {
+            ) -> impl Future<Output = Result<Outcome, StepFailure>> {
                 let seen = StatusFile::new(&self.0).load().unwrap().unwrap();
                 self.1.lock().unwrap().push(seen.step(step).unwrap().state);
                 async { Ok(Outcome::done("ok")) }
