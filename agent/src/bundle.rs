@@ -572,3 +572,35 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// Downloads every artifact of `lock`, checks each against its pin and parses it, then writes
+/// the lock and the artifacts into `dir` (the directory the extension builder embeds). Nothing
+/// is written unless every artifact passed; files are written whole (temporary name, rename).
+pub async fn download_to_dir(
+    lock: &BundleLock,
+    opts: &FetchOptions,
+    dir: &Path,
+) -> Result<(), BundleError> {
+    let client = http_client(opts)?;
+    let mut files = Vec::with_capacity(lock.artifacts.len());
+    for a in &lock.artifacts {
+        let bytes = download(&client, a, opts).await?;
+        check_digest(a, &bytes, &a.url)?;
+        parse_artifact(a, &bytes)?;
+        files.push((a.file.clone(), bytes));
+    }
+    files.push((LOCK_FILE.to_string(), lock.to_yaml()?.into_bytes()));
+    let write = |name: &str, bytes: &[u8]| -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, dir.join(name))
+    };
+    for (name, bytes) in &files {
+        write(name, bytes).map_err(|source| BundleError::Read {
+            path: dir.join(name),
+            source,
+        })?;
+    }
+    Ok(())
+}

@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::main(&args),
         Command::Status(args) => cli::status::main(&args),
         Command::Plan { config } => cli::plan::main(&config),
+        Command::Bundle(cmd) => cli::bundle::main(&cmd),
         Command::Tpm(cmd) => return cli::tpm::run(&cmd),
     };
     ExitCode::from(code)

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success (or waiting for the operator), 1 transient failure (a retry may
 //! succeed), 2 configuration error, 3 permanent failure.
 
+pub mod bundle;
 pub mod plan;
 pub mod run;
 pub mod status;
@@ -25,6 +26,9 @@ Examples:
     bootstrap-agent status --json | jq .phase
   Offline, before deploying a configuration:
     bootstrap-agent plan --config config.yaml
+  Bundle pins (with network access):
+    bootstrap-agent bundle refresh --lock agent/bundle/bundle.lock.yaml
+    bootstrap-agent bundle fetch --out target/bundle
   TPM enrolment and checks:
     bootstrap-agent tpm recipient
     bootstrap-agent tpm check --sealed sops-age.tpm.age
@@ -60,6 +64,9 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG, env = "BOOTSTRAP_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// Keep the pinned bundle (CRDs, Flux components) current.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCommand),
     /// Work with the TPM-held seed and sealed inputs.
     #[command(subcommand)]
     Tpm(tpm::TpmCommand),
