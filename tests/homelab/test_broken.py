@@ -123,9 +123,14 @@ def test_plaintext_key_material(copy, fixtures, tmp_path):
     subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
     identity = next(line for line in key.read_text().splitlines() if not line.startswith("#"))
     (copy / "terraform/notes.txt").write_text(f"first line\nsops key: {identity}\n")
-    header = "-----BEGIN " + "EC PRIVATE KEY-----"
-    (copy / "kubernetes/leftover.pem").write_text(f"{header}\nMHcCAQEE\n")
     import base64
+    import os
+
+    header = "-----BEGIN " + "EC PRIVATE KEY-----"
+    body = base64.b64encode(os.urandom(48)).decode()  # one 64-character line of key material
+    (copy / "kubernetes/leftover.pem").write_text(f"{header}\n{body}\n")
+    # A bare label (code that handles PEM text) is not key material.
+    (copy / "terraform/labels.txt").write_text(f"{header}\nAA==\n")
 
     blob = base64.b64encode((header + "\nMHcCAQEEIBkg\n").encode()).decode()
     (copy / "talosconfig.yaml").write_text(f"contexts:\n  homelab:\n    key: {blob}\n")
@@ -133,6 +138,7 @@ def test_plaintext_key_material(copy, fixtures, tmp_path):
     assert_found(found, "terraform/notes.txt:2", "age-secret-key")
     assert_found(found, "kubernetes/leftover.pem:1", "pem-private-key")
     assert_found(found, "talosconfig.yaml:3", "base64-pem-private-key")
+    assert not any("labels.txt" in str(f) for f in found), found
 
 
 def test_hcl_syntax_error(copy, fixtures):
