@@ -16,7 +16,7 @@ use serde_saphyr::Spanned;
 use crate::duration::parse_duration;
 
 /// Where machined's API listens on a Talos node.
-pub const DEFAULT_TALOS_SOCKET: &str = "/system/run/machined/machine.sock";
+pub use crate::talos::DEFAULT_MACHINED_SOCKET as DEFAULT_TALOS_SOCKET;
 /// The kernel's TPM resource manager.
 pub const DEFAULT_TPM_DEVICE: &str = "/dev/tpmrm0";
 /// Where the agent writes its status on the host (readable with `talosctl read`).
@@ -24,10 +24,8 @@ pub const DEFAULT_STATUS: &str = "/var/lib/bootstrap-agent/status.json";
 /// Where the embedded bundle appears inside the service container (the extension carries it at
 /// `/usr/local/lib/containers/bootstrap-agent/bundle`, under the service's own root).
 pub const DEFAULT_BUNDLE_DIR: &str = "/bundle";
-/// The SecureBoot state PCR.
-pub const DEFAULT_PCRS: &[u32] = &[7];
-/// A PCR Talos never extends; extending it after use locks the seed until the next boot.
-pub const DEFAULT_LOCK_PCR: u32 = 15;
+/// The SecureBoot state PCR, and a PCR Talos never extends (the lock).
+pub use crate::seal::{DEFAULT_LOCK_PCR, DEFAULT_PCRS};
 /// The namespace Flux lives in.
 pub const FLUX_NAMESPACE: &str = "flux-system";
 

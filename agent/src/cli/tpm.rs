@@ -11,7 +11,7 @@ use crate::tpm::seed::SeedError;
 use clap::{Args, Subcommand};
 
 /// Default TPM address: the kernel's resource manager.
-pub const DEFAULT_TPM: &str = "/dev/tpmrm0";
+pub use crate::config::DEFAULT_TPM_DEVICE as DEFAULT_TPM;
 
 /// Where the TPM is and how the seed is guarded (must match the agent's configuration).
 #[derive(Debug, Clone, Args)]
