@@ -74,6 +74,22 @@ pub struct StepRecord {
     pub error: Option<String>,
 }
 
+impl StepRecord {
+    /// A step that has not started.
+    pub fn pending(step: StepId) -> StepRecord {
+        StepRecord {
+            step,
+            state: StepState::Pending,
+            attempts: 0,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            message: None,
+            error: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepState {
@@ -183,16 +199,7 @@ impl Status {
             runs: 1,
             steps: steps
                 .iter()
-                .map(|&step| StepRecord {
-                    step,
-                    state: StepState::Pending,
-                    attempts: 0,
-                    started_at: None,
-                    finished_at: None,
-                    duration_ms: None,
-                    message: None,
-                    error: None,
-                })
+                .map(|&step| StepRecord::pending(step))
                 .collect(),
             last_error: None,
             tpm: None,
@@ -210,16 +217,7 @@ impl Status {
         let i = match self.steps.iter().position(|s| s.step == step) {
             Some(i) => i,
             None => {
-                self.steps.push(StepRecord {
-                    step,
-                    state: StepState::Pending,
-                    attempts: 0,
-                    started_at: None,
-                    finished_at: None,
-                    duration_ms: None,
-                    message: None,
-                    error: None,
-                });
+                self.steps.push(StepRecord::pending(step));
                 self.steps.len() - 1
             }
         };
