@@ -74,9 +74,6 @@ pub enum TpmCommand {
 
 /// Runs a `tpm` subcommand, writing to the process's stdout/stderr.
 pub fn run(command: &TpmCommand) -> ExitCode {
-    if let Err(e) = seal::disable_core_dumps() {
-        eprintln!("warning: could not disable core dumps: {e}");
-    }
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     ExitCode::from(run_with(command, &mut out, &mut err))
