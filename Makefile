@@ -47,7 +47,9 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The end-to-end tests run the real `bootstrap-agent` binary: build it first.
 unit:
+	cargo build --locked -p bootstrap-agent
 	cargo nextest run --workspace --locked --no-fail-fast
 
 homelab:
