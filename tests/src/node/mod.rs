@@ -299,15 +299,25 @@ impl Node {
         s.tpm.expect("tpm record").recipient
     }
 
-    /// A reboot without reflash: the TPM's PCRs reset (NV kept); /var and the cluster stay.
+    /// A reboot without reflash: the TPM's PCRs reset (NV kept) and the firmware starts it up
+    /// (TPM2_Startup CLEAR) as on real hardware; /var and the cluster stay.
     pub fn reboot(&self) {
         self.tpm.reboot().expect("swtpm reboot");
+        let out = self
+            .tpm
+            .tpm2("tpm2_startup", &["-c"])
+            .expect("tpm2_startup");
+        assert!(
+            out.status.success(),
+            "tpm2_startup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A rebuild by reflash: the TPM state is kept (and the machine reboots), /var is wiped,
     /// and the cluster is new: etcd not bootstrapped, an empty Kubernetes API.
     pub async fn reflash(&mut self) {
-        self.tpm.reboot().expect("swtpm reboot");
+        self.reboot();
         let var = self.root().join("var");
         if var.exists() {
             std::fs::remove_dir_all(&var).expect("wipe /var");
