@@ -5,11 +5,14 @@
 //! - requests the agent made to the Kubernetes API;
 //! - the agent's peak RSS (VmHWM, sampled every 5 ms while it runs);
 //! - the agent binary's size;
+//!
 //! and the same content through `kubectl apply --server-side` (bundle files, wait for the CRDs
 //! to be Established, then the sync objects) against a fresh stand-in, for comparison.
 //!
-//! Run: `cargo bench -p bootstrap-agent-tests --bench rehearsal` (needs the agent binary built:
-//! `cargo build -p bootstrap-agent`, in the same profile directory as the bench executable's).
+//! Run: `cargo bench -p bootstrap-agent-tests --bench rehearsal` (needs the agent binary built
+//! in the same profile directory as the bench executable), or with the static release build:
+//! `BOOTSTRAP_AGENT_BIN=target/x86_64-unknown-linux-musl/release/bootstrap-agent cargo bench
+//! --profile dev -p bootstrap-agent-tests --bench rehearsal`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is the failure report
 
@@ -21,7 +24,7 @@ use bootstrap_agent::kube::FluxSync;
 use bootstrap_agent::plan::StepId;
 use bootstrap_agent::status::{Phase, Status};
 use bootstrap_agent_tests::kubeapi::{CrdPolicy, KubeApi};
-use bootstrap_agent_tests::node::{ControllerDelays, FLUX_URL, Node, NodeOptions};
+use bootstrap_agent_tests::node::{AGENT_BIN_ENV, ControllerDelays, FLUX_URL, Node, NodeOptions};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -139,7 +142,13 @@ async fn kubectl_run(dir: &Path, bundle: &Path, run: usize) -> KubectlRun {
         kubectl(
             &kc2,
             &cache2,
-            &["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"],
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd",
+                "--all",
+                "--timeout=60s",
+            ],
         );
         kubectl(
             &kc2,
@@ -172,7 +181,10 @@ fn main() {
         .build()
         .unwrap();
     let delays = ControllerDelays::default();
-    let agent = bootstrap_agent_tests::swtpm::agent_binary().expect("agent binary");
+    let agent = match std::env::var_os(AGENT_BIN_ENV) {
+        Some(p) => std::path::PathBuf::from(p),
+        None => bootstrap_agent_tests::swtpm::agent_binary().expect("agent binary"),
+    };
     let size = std::fs::metadata(&agent).unwrap().len();
     println!(
         "rehearsal bench: full corpus, {RUNS} runs, controllers' delays {} ms on the critical path (subtracted), CRDs Established after 20 ms",

@@ -35,7 +35,10 @@ async fn run_bootstraps_once_across_two_runs_and_status_reads_it_over_mtls() {
     let kc = status.step(StepId::Kubeconfig).unwrap();
     assert_eq!(kc.state, StepState::Done);
     assert!(
-        kc.message.as_deref().unwrap_or("").contains("kubeconfig obtained"),
+        kc.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("kubeconfig obtained"),
         "{kc:?}"
     );
     // The kubeconfig was used: the cluster has Flux's sync objects.
@@ -52,7 +55,12 @@ async fn run_bootstraps_once_across_two_runs_and_status_reads_it_over_mtls() {
     );
 
     let second = node.service().wait(RUN).await;
-    assert_eq!(second.last().map(|e| e.code), Some(Some(0)), "{}", second.log);
+    assert_eq!(
+        second.last().map(|e| e.code),
+        Some(Some(0)),
+        "{}",
+        second.log
+    );
     assert_eq!(
         node.talos.bootstrap_calls(),
         1,
@@ -88,8 +96,7 @@ async fn run_bootstraps_once_across_two_runs_and_status_reads_it_over_mtls() {
     let json = node.status_command(&["--json"]);
     assert!(json.status.success());
     let parsed: Status = serde_json::from_slice(&json.stdout).expect("--json is a status document");
-    let file: Status =
-        serde_json::from_slice(&std::fs::read(node.status_path()).unwrap()).unwrap();
+    let file: Status = serde_json::from_slice(&std::fs::read(node.status_path()).unwrap()).unwrap();
     assert_eq!(parsed, file, "--json must round-trip the status file");
 }
 
@@ -132,10 +139,16 @@ async fn a_config_with_several_mistakes_is_refused_by_plan_and_run_listing_all()
     let run = node.service_with(1).wait(RUN).await;
     assert_eq!(run.last().map(|e| e.code), Some(Some(2)), "{}", run.log);
     for field in expected {
-        assert!(run.log.contains(field), "run does not name {field}:\n{}", run.log);
+        assert!(
+            run.log.contains(field),
+            "run does not name {field}:\n{}",
+            run.log
+        );
     }
     // The status file says so too, for `bootstrap-agent status`.
-    let status = node.status().expect("status written on a configuration error");
+    let status = node
+        .status()
+        .expect("status written on a configuration error");
     assert_eq!(status.phase, Phase::Failed);
     let err = status.last_error.expect("last error");
     for field in expected {

@@ -39,7 +39,11 @@ async fn talos_bootstrap_not_ready_for_a_while_then_bootstraps_once() {
     node.enrol_and_seal();
     let report = node.service().wait(RUN).await;
     assert_eq!(report.last().unwrap().code, Some(0), "{}", report.log);
-    assert_eq!(node.talos.bootstrap_calls(), 9, "8 FailedPrecondition answers, then success");
+    assert_eq!(
+        node.talos.bootstrap_calls(),
+        9,
+        "8 FailedPrecondition answers, then success"
+    );
     let status = node.status().unwrap();
     let etcd = status.step(StepId::Etcd).unwrap();
     assert_eq!(etcd.state, StepState::Done);
@@ -103,7 +107,13 @@ async fn corrupted_sealed_input_is_a_precise_failure() {
     let flipped: String = body
         .chars()
         .enumerate()
-        .map(|(i, c)| if (10..20).contains(&i) { if c == 'A' { 'B' } else { 'A' } } else { c })
+        .map(|(i, c)| {
+            if (10..20).contains(&i) {
+                if c == 'A' { 'B' } else { 'A' }
+            } else {
+                c
+            }
+        })
         .collect();
     *body = flipped;
     node.write_config(Some(&lines.join("\n")));
@@ -111,12 +121,21 @@ async fn corrupted_sealed_input_is_a_precise_failure() {
     assert_eq!(report.last().unwrap().code, Some(3), "{}", report.log);
     let err = node.status().unwrap().last_error.unwrap();
     assert_eq!(err.step, StepId::Secrets);
-    assert!(err.message.contains("flux-system/sops-age"), "{}", err.message);
+    assert!(
+        err.message.contains("flux-system/sops-age"),
+        "{}",
+        err.message
+    );
     assert!(
         err.message.to_lowercase().contains("corrupt"),
         "{}",
         err.message
     );
-    assert_eq!(node.kube.mutating_requests(), 0, "{:?}", node.kube.request_log());
+    assert_eq!(
+        node.kube.mutating_requests(),
+        0,
+        "{:?}",
+        node.kube.request_log()
+    );
     assert!(node.sops_age().is_none());
 }

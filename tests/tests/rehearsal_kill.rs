@@ -81,7 +81,10 @@ async fn sigkill_at_each_step_then_restart_converges_without_duplicates() {
     let distinct: BTreeSet<StepId> = killed_at.iter().copied().collect();
     // The slow steps are always caught; the fast ones may be passed between two polls.
     for step in [StepId::Etcd, StepId::Crds, StepId::Ready] {
-        assert!(distinct.contains(&step), "never killed during {step}: {killed_at:?}");
+        assert!(
+            distinct.contains(&step),
+            "never killed during {step}: {killed_at:?}"
+        );
     }
     assert!(distinct.len() >= 5, "killed at {killed_at:?}");
     eprintln!("killed at {killed_at:?}");
@@ -108,7 +111,9 @@ async fn sigkill_at_each_step_then_restart_converges_without_duplicates() {
     let unique: BTreeSet<&String> = names.iter().collect();
     assert_eq!(unique.len(), names.len());
     assert_eq!(node.kube.established_crds().len(), names.len());
-    let expected_deployments = flux_deployments().matches("\"kind\": \"Deployment\"").count();
+    let expected_deployments = flux_deployments()
+        .matches("\"kind\": \"Deployment\"")
+        .count();
     let deployments = node.kube.list("apps", "deployments");
     assert_eq!(deployments.len(), expected_deployments);
     for d in &deployments {
@@ -128,7 +133,10 @@ async fn sigkill_at_each_step_then_restart_converges_without_duplicates() {
             .kube
             .get(&ObjectRef::new(group, plural, "flux-system", "flux-system"))
             .unwrap();
-        assert_eq!(o["metadata"]["generation"], 1, "applied once, never changed: {o}");
+        assert_eq!(
+            o["metadata"]["generation"], 1,
+            "applied once, never changed: {o}"
+        );
     }
     // The status file itself was never left half-written: it parsed at every poll above, and
     // no temporary file is left beside it.

@@ -31,12 +31,19 @@ async fn first_boot_enrols_waits_for_the_sealed_key_then_reaches_flux_ready() {
     assert_eq!(status.phase, Phase::Waiting);
     let tpm = status.tpm.clone().expect("the recipient is in the status");
     assert!(recipient.starts_with("age1"), "{recipient}");
-    assert!(tpm.command.contains(&format!("age -a -r {recipient}")), "{}", tpm.command);
+    assert!(
+        tpm.command.contains(&format!("age -a -r {recipient}")),
+        "{}",
+        tpm.command
+    );
     assert_eq!(
         status.step(StepId::Secrets).unwrap().state,
         StepState::Waiting
     );
-    assert!(node.sops_age().is_none(), "no secret before the key is sealed");
+    assert!(
+        node.sops_age().is_none(),
+        "no secret before the key is sealed"
+    );
     // The recipient is this TPM's: the agent's own CLI agrees.
     let r = node.agent(&["tpm", "recipient", "--tpm", &node.tpm.address()]);
     assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), recipient);
@@ -53,13 +60,21 @@ async fn first_boot_enrols_waits_for_the_sealed_key_then_reaches_flux_ready() {
     let status = node.status().unwrap();
     assert_eq!(status.phase, Phase::Ready, "{}", status.render());
     assert!(status.tpm.is_none());
-    assert!(status.steps.iter().all(|s| s.state == StepState::Done), "{}", status.render());
+    assert!(
+        status.steps.iter().all(|s| s.state == StepState::Done),
+        "{}",
+        status.render()
+    );
     assert_eq!(node.talos.bootstrap_calls(), 1);
 
     // Operator side: the result read through the Talos API.
     let out = node.status_command(&[]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("READY"), "{text}");
     let json = node.status_command(&["--json"]);
     let remote: Status = serde_json::from_slice(&json.stdout).unwrap();
@@ -89,7 +104,11 @@ async fn rebuild_by_reflash_brings_everything_back_with_no_input() {
 
     let report = node.service().wait(RUN).await;
     assert_eq!(report.last().unwrap().code, Some(0), "{}", report.log);
-    assert_eq!(node.talos.bootstrap_calls(), 1, "the new cluster was bootstrapped once");
+    assert_eq!(
+        node.talos.bootstrap_calls(),
+        1,
+        "the new cluster was bootstrapped once"
+    );
     assert!(node.talos.is_bootstrapped());
     let status = node.status().unwrap();
     assert_eq!(status.phase, Phase::Ready, "{}", status.render());

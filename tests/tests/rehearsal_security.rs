@@ -32,20 +32,41 @@ fn needles(key_file: &str) -> Vec<(String, Vec<u8>)> {
     let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let mut n = vec![
         ("key line".to_string(), line.clone().into_bytes()),
-        ("key line, lower case".to_string(), line.to_lowercase().into_bytes()),
-        ("key payload".to_string(), line["AGE-SECRET-KEY-1".len()..].as_bytes().to_vec()),
-        ("key file base64".to_string(), b64.encode(key_file).into_bytes()),
-        ("key line base64".to_string(), b64.encode(&line).into_bytes()),
-        ("key line base64url".to_string(), url.encode(&line).into_bytes()),
+        (
+            "key line, lower case".to_string(),
+            line.to_lowercase().into_bytes(),
+        ),
+        (
+            "key payload".to_string(),
+            line.as_bytes()["AGE-SECRET-KEY-1".len()..].to_vec(),
+        ),
+        (
+            "key file base64".to_string(),
+            b64.encode(key_file).into_bytes(),
+        ),
+        (
+            "key line base64".to_string(),
+            b64.encode(&line).into_bytes(),
+        ),
+        (
+            "key line base64url".to_string(),
+            url.encode(&line).into_bytes(),
+        ),
         ("any age identity".to_string(), b"AGE-SECRET-KEY-1".to_vec()),
-        ("any age identity, lower case".to_string(), b"age-secret-key-1".to_vec()),
+        (
+            "any age identity, lower case".to_string(),
+            b"age-secret-key-1".to_vec(),
+        ),
     ];
     // base64 at the other two alignments, as it would appear inside a longer encoded blob.
     for pad in 1..3 {
         let s = format!("{}{key_file}", "x".repeat(pad));
         let enc = b64.encode(s);
         // From the second 3-byte group on, every character comes from the key file alone.
-        n.push((format!("key file base64 +{pad}"), enc[4..enc.len() - 4].as_bytes().to_vec()));
+        n.push((
+            format!("key file base64 +{pad}"),
+            enc.as_bytes()[4..enc.len() - 4].to_vec(),
+        ));
     }
     n
 }
@@ -64,7 +85,12 @@ async fn no_secret_in_logs_status_or_files_lock_extended_second_unseal_refused()
     // The cluster does hold the key: the needles are right.
     let secret = node
         .kube
-        .get(&bootstrap_agent_tests::kubeapi::ObjectRef::new("", "secrets", "flux-system", "sops-age"))
+        .get(&bootstrap_agent_tests::kubeapi::ObjectRef::new(
+            "",
+            "secrets",
+            "flux-system",
+            "sops-age",
+        ))
         .unwrap();
     let stored = secret["data"]["age.agekey"].as_str().unwrap();
     assert_eq!(
@@ -74,8 +100,14 @@ async fn no_secret_in_logs_status_or_files_lock_extended_second_unseal_refused()
 
     let needles = needles(&sealed.key_file);
     let mut places: Vec<(String, Vec<u8>)> = vec![
-        ("log of the waiting run".into(), waiting.log.clone().into_bytes()),
-        ("log of the ready run".into(), ready.log.clone().into_bytes()),
+        (
+            "log of the waiting run".into(),
+            waiting.log.clone().into_bytes(),
+        ),
+        (
+            "log of the ready run".into(),
+            ready.log.clone().into_bytes(),
+        ),
     ];
     // Everything on the node's host root (the status file and anything else the agent wrote;
     // the configuration holds only the sealed armor).
@@ -87,7 +119,10 @@ async fn no_secret_in_logs_status_or_files_lock_extended_second_unseal_refused()
     }
     // The status as an operator reads it.
     places.push(("status output".into(), node.status_command(&[]).stdout));
-    places.push(("status --json output".into(), node.status_command(&["--json"]).stdout));
+    places.push((
+        "status --json output".into(),
+        node.status_command(&["--json"]).stdout,
+    ));
     for (place, bytes) in &places {
         for (what, needle) in &needles {
             assert!(!find(bytes, needle), "{what} found in {place}");
@@ -97,7 +132,11 @@ async fn no_secret_in_logs_status_or_files_lock_extended_second_unseal_refused()
     assert!(ready.log.contains("lock PCR extended"), "{}", ready.log);
 
     // The lock PCR was extended after success.
-    assert_ne!(node.pcr(15), zero, "PCR 15 must be extended after the secrets are in place");
+    assert_ne!(
+        node.pcr(15),
+        zero,
+        "PCR 15 must be extended after the secrets are in place"
+    );
 
     // A second unseal in the same boot fails, naming the lock.
     let sealed_file = node.work().join("sops-age.tpm.age");
@@ -125,5 +164,9 @@ async fn no_secret_in_logs_status_or_files_lock_extended_second_unseal_refused()
         "--sealed",
         &sealed_file.display().to_string(),
     ]);
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 }

@@ -32,8 +32,8 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bootstrap_agent::status::{Phase, Status, StepState};
 use bootstrap_agent::plan::StepId;
+use bootstrap_agent::status::{Phase, Status, StepState};
 use tempfile::TempDir;
 
 use crate::kubeapi::fixture::{Corpus, compose_bundle};
@@ -49,6 +49,9 @@ pub const STATUS_PATH: &str = "/var/lib/bootstrap-agent/status.json";
 /// The Git source the rehearsal's Flux syncs from (never contacted: the controllers are
 /// simulated).
 pub const FLUX_URL: &str = "https://github.com/example/homelab";
+
+/// Runs this agent binary instead of the workspace's build (e.g. the static release build).
+pub const AGENT_BIN_ENV: &str = "BOOTSTRAP_AGENT_BIN";
 
 /// How the node is set up.
 #[derive(Debug, Clone)]
@@ -87,7 +90,8 @@ pub struct Node {
     pub controllers: Controllers,
     pub options: NodeOptions,
     pub spec: ServiceSpec,
-    agent: PathBuf,
+    /// The agent binary the service runs.
+    pub agent: PathBuf,
     root: TempDir,
     bundle: TempDir,
     work: TempDir,
@@ -112,9 +116,15 @@ async fn cluster(options: &NodeOptions, root: &Path) -> (StandIn, Arc<KubeApi>, 
 impl Node {
     /// A freshly flashed node: empty TPM, etcd not bootstrapped, empty cluster, empty /var.
     pub async fn start(options: NodeOptions) -> Node {
-        let agent = agent_binary().unwrap_or_else(|e| {
-            panic!("the rehearsal runs the real agent binary: {e}")
-        });
+        let agent = match std::env::var_os(AGENT_BIN_ENV) {
+            Some(p) => {
+                let p = PathBuf::from(p);
+                assert!(p.is_file(), "{AGENT_BIN_ENV}={} is not a file", p.display());
+                p
+            }
+            None => agent_binary()
+                .unwrap_or_else(|e| panic!("the rehearsal runs the real agent binary: {e}")),
+        };
         let spec = ServiceSpec::load().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             spec.restart,
@@ -201,7 +211,8 @@ impl Node {
     /// The agent's configuration for this node; `sealed` is the armored SOPS key sealed to the
     /// TPM, `None` before enrolment.
     pub fn config_text(&self, sealed: Option<&str>) -> String {
-        let mut secret = "  - namespace: flux-system\n    name: sops-age\n    key: age.agekey\n".to_string();
+        let mut secret =
+            "  - namespace: flux-system\n    name: sops-age\n    key: age.agekey\n".to_string();
         if let Some(armor) = sealed {
             secret.push_str("    sealed: |\n");
             for line in armor.trim_end().lines() {
@@ -236,7 +247,10 @@ impl Node {
             "BOOTSTRAP_AGENT_STATUS".into(),
             self.status_path().display().to_string(),
         ));
-        env.push(("BOOTSTRAP_AGENT_RETRY_MAX".into(), self.options.retry_max.clone()));
+        env.push((
+            "BOOTSTRAP_AGENT_RETRY_MAX".into(),
+            self.options.retry_max.clone(),
+        ));
         env.push(("RUST_LOG".into(), "info".into()));
         env.push(("PATH".into(), "/usr/bin:/bin".into()));
         env
@@ -282,7 +296,9 @@ impl Node {
             if Instant::now() > deadline {
                 panic!(
                     "status did not reach `{what}` within {timeout:?}; last status:\n{}",
-                    self.status().map(|s| s.render()).unwrap_or_else(|| "(none)".into())
+                    self.status()
+                        .map(|s| s.render())
+                        .unwrap_or_else(|| "(none)".into())
                 );
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -372,7 +388,11 @@ impl Node {
         );
         let text = String::from_utf8_lossy(&out.stdout);
         text.lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("{pcr} :")).or_else(|| l.trim().strip_prefix(&format!("{pcr}:"))))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(&format!("{pcr} :"))
+                    .or_else(|| l.trim().strip_prefix(&format!("{pcr}:")))
+            })
             .map(|v| v.trim().trim_start_matches("0x").to_ascii_lowercase())
             .unwrap_or_else(|| panic!("PCR {pcr} not in tpm2_pcrread output: {text}"))
     }
