@@ -139,12 +139,15 @@ async fn sigkill_at_each_step_then_restart_converges_without_duplicates() {
         );
     }
     // The status file itself was never left half-written: it parsed at every poll above, and
-    // no temporary file is left beside it.
+    // no temporary file of a killed process is left beside it.
     let dir = node.status_path().parent().unwrap().to_path_buf();
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n != "status.json")
         .collect();
-    eprintln!("status dir after kills: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "left in the status directory: {leftovers:?}"
+    );
 }
