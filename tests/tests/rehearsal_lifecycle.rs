@@ -148,3 +148,39 @@ async fn reboot_without_reflash_changes_nothing() {
     // The seed was unsealed again this boot and locked afterwards.
     assert_ne!(node.pcr(15), "0".repeat(64));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_boot_with_encrypted_files_in_git_waits_instead_of_failing() {
+    let node = Node::start(NodeOptions::default()).await;
+    // Git holds SOPS-encrypted files: until sops-age exists, kustomize-controller cannot
+    // decrypt them and reports a terminal failure.
+    node.controllers.fail_kustomization(
+        "BuildFailed",
+        "decryption failed for 'flux-system/secrets.enc.yaml': no age identity found",
+    );
+    node.write_config(None);
+    let waiting = node.service();
+    let recipient = node.wait_for_enrolment(RUN).await;
+    let status = node.status().unwrap();
+    assert_eq!(status.phase, Phase::Waiting, "{}", status.render());
+    assert!(status.last_error.is_none(), "{}", status.render());
+    let ready = status.step(StepId::Ready).unwrap();
+    assert_eq!(ready.state, StepState::Waiting, "{}", status.render());
+    assert!(
+        ready.message.as_deref().unwrap_or("").contains("decryption failed"),
+        "{ready:?}"
+    );
+    assert_eq!(status.tpm.as_ref().unwrap().recipient, recipient);
+    // No restart loop: the service waits for its configuration.
+    assert!(waiting.exits().is_empty(), "{:?}", waiting.exits());
+
+    // Once the key is sealed (and sops-age exists) Flux decrypts and the node gets Ready.
+    let sealed = node.seal_to(&recipient);
+    node.write_config(Some(&sealed.armor));
+    waiting.stop().await;
+    node.controllers.succeed_kustomization();
+    let report = node.service().wait(RUN).await;
+    assert_eq!(report.last().unwrap().code, Some(0), "{}", report.log);
+    assert_eq!(node.status().unwrap().phase, Phase::Ready);
+    assert_eq!(node.sops_age().unwrap(), sealed.key_file.as_bytes());
+}

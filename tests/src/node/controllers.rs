@@ -125,6 +125,13 @@ impl Controllers {
         Controllers { sim, task }
     }
 
+    /// From now on the Kustomization reconciles to Ready=True again.
+    pub fn succeed_kustomization(&self) {
+        if let Ok(mut s) = self.sim.lock() {
+            s.failure = None;
+        }
+    }
+
     /// From now on the Kustomization reconciles to Ready=False with `reason` (a terminal one
     /// such as `ReconciliationFailed` or `BuildFailed`) and Flux's `message`.
     pub fn fail_kustomization(&self, reason: &str, message: &str) {
