@@ -30,25 +30,43 @@ async fn kubernetes_api_down_for_60s_at_boot_then_converges() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn talos_bootstrap_not_ready_for_a_while_then_bootstraps_once() {
-    let node = Node::start(NodeOptions {
-        bootstrap_not_ready: 8,
-        ..NodeOptions::default()
-    })
-    .await;
+async fn talos_bootstrap_not_ready_for_30s_then_bootstraps_once() {
+    let node = Node::start(NodeOptions::default()).await;
     node.enrol_and_seal();
-    let report = node.service().wait(RUN).await;
-    assert_eq!(report.last().unwrap().code, Some(0), "{}", report.log);
-    assert_eq!(
-        node.talos.bootstrap_calls(),
-        9,
-        "8 FailedPrecondition answers, then success"
+    // machined answers FailedPrecondition ("not available yet") for 30 s.
+    node.talos.set_bootstrap_not_ready(usize::MAX);
+    let service = node.service();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let refused = node.talos.bootstrap_calls();
+    assert!(!node.talos.is_bootstrapped());
+    assert!(refused >= 10, "the agent kept asking: {refused} calls");
+    let s = node.status().unwrap();
+    let etcd = s.step(StepId::Etcd).unwrap();
+    assert_eq!(etcd.state, StepState::Retrying, "{}", s.render());
+    assert!(
+        etcd.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("not available yet"),
+        "{etcd:?}"
     );
+    node.talos.set_bootstrap_not_ready(0);
+    let report = service.wait(RUN).await;
+    assert_eq!(report.last().unwrap().code, Some(0), "{}", report.log);
+    assert!(node.talos.is_bootstrapped());
     let status = node.status().unwrap();
     let etcd = status.step(StepId::Etcd).unwrap();
     assert_eq!(etcd.state, StepState::Done);
-    assert_eq!(etcd.attempts, 9, "{etcd:?}");
-    assert!(report.log.contains("not available yet"), "{}", report.log);
+    assert_eq!(
+        etcd.attempts as usize,
+        node.talos.bootstrap_calls(),
+        "one Bootstrap call per attempt, the last one succeeded: {etcd:?}"
+    );
+    assert_eq!(
+        report.exits.len(),
+        1,
+        "retried within the run, not by restarts"
+    );
     assert_eq!(status.phase, Phase::Ready);
 }
 

@@ -167,7 +167,11 @@ async fn first_boot_with_encrypted_files_in_git_waits_instead_of_failing() {
     let ready = status.step(StepId::Ready).unwrap();
     assert_eq!(ready.state, StepState::Waiting, "{}", status.render());
     assert!(
-        ready.message.as_deref().unwrap_or("").contains("decryption failed"),
+        ready
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("decryption failed"),
         "{ready:?}"
     );
     assert_eq!(status.tpm.as_ref().unwrap().recipient, recipient);
