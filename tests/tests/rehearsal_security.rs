@@ -114,6 +114,15 @@ async fn no_secret_in_logs_status_or_files_lock_extended_second_unseal_refused()
     let mut files = Vec::new();
     files_under(node.root(), &mut files);
     assert!(files.contains(&node.status_path()));
+    // The agent writes its status and nothing else (no kubeconfig, no key, no temp files).
+    let written: Vec<&PathBuf> = files
+        .iter()
+        .filter(|f| **f != node.config_path() && **f != node.status_path())
+        .collect();
+    assert!(
+        written.is_empty(),
+        "unexpected files on the node: {written:?}"
+    );
     for f in files {
         places.push((f.display().to_string(), std::fs::read(&f).unwrap()));
     }

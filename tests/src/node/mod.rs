@@ -50,6 +50,9 @@ pub const STATUS_PATH: &str = "/var/lib/bootstrap-agent/status.json";
 /// simulated).
 pub const FLUX_URL: &str = "https://github.com/example/homelab";
 
+/// The service's root filesystem on a Talos node (the entrypoint is relative to it).
+pub const CONTAINER_ROOT: &str = "/usr/local/lib/containers/bootstrap-agent";
+
 /// Runs this agent binary instead of the workspace's build (e.g. the static release build).
 pub const AGENT_BIN_ENV: &str = "BOOTSTRAP_AGENT_BIN";
 
@@ -253,6 +256,10 @@ impl Node {
         ));
         env.push(("RUST_LOG".into(), "info".into()));
         env.push(("PATH".into(), "/usr/bin:/bin".into()));
+        // Temporary files, if the agent ever wrote any, land on the scanned host root.
+        let tmp = host_path(self.root(), "/tmp");
+        std::fs::create_dir_all(&tmp).expect("tmp dir");
+        env.push(("TMPDIR".into(), tmp.display().to_string()));
         env
     }
 
@@ -263,7 +270,12 @@ impl Node {
 
     /// Starts the agent service, giving up after `max_starts` starts.
     pub fn service_with(&self, max_starts: usize) -> Service {
+        // The service's own root (where Talos puts the entrypoint), under the host root so that
+        // anything the agent writes relative to it is found by the scans of the host root.
+        let cwd = host_path(self.root(), CONTAINER_ROOT);
+        std::fs::create_dir_all(&cwd).expect("container root");
         Service::start(Launch {
+            cwd,
             program: self.agent.clone(),
             args: self.spec.mapped_args(self.root()),
             env: self.service_env(),

@@ -37,6 +37,8 @@ pub struct Launch {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Working directory (the container's root, mapped on the host).
+    pub cwd: PathBuf,
     pub restart: Restart,
     /// Pause before a restart (Talos waits a little too).
     pub restart_delay: Duration,
@@ -211,6 +213,7 @@ async fn supervise(launch: Launch, shared: Arc<Mutex<Shared>>, mut stop: watch::
         starts += 1;
         let mut cmd = Command::new(&launch.program);
         cmd.args(&launch.args)
+            .current_dir(&launch.cwd)
             .env_clear()
             .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
