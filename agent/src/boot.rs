@@ -134,6 +134,11 @@ pub fn backoff(attempt: u32, retry: RetryConfig, jitter: f64) -> Duration {
     base.mul_f64(jitter.clamp(0.5, 1.0))
 }
 
+/// The longest pause between two polls of a pending step (Flux still reconciling). Pending is
+/// progress, not failure: it is not slowed down to the failure backoff's cap (30 s by default),
+/// or the agent would notice Flux Ready up to that long after it happened.
+pub const PENDING_POLL_MAX: Duration = Duration::from_secs(2);
+
 /// Executes a plan.
 pub struct Machine<'a, S> {
     plan: &'a Plan,
@@ -289,6 +294,7 @@ impl<'a, S: Steps> Machine<'a, S> {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
+            let mut pending = false;
             self.status.step_mut(id).attempts = attempt;
             let result = self.steps.attempt(id).await;
             let elapsed = started.elapsed();
@@ -316,6 +322,7 @@ impl<'a, S: Steps> Machine<'a, S> {
                         return self.fail(id, failure, elapsed);
                     }
                     info!(step = %id, attempt, %message, "step pending");
+                    pending = true;
                 }
                 Err(failure) if failure.kind != ErrorKind::Transient => {
                     return self.fail(id, failure, elapsed);
@@ -337,7 +344,15 @@ impl<'a, S: Steps> Machine<'a, S> {
                 }
             }
             self.save();
-            let delay = backoff(attempt, self.retry, (self.jitter)());
+            let retry = if pending {
+                RetryConfig {
+                    max: self.retry.max.min(PENDING_POLL_MAX),
+                    ..self.retry
+                }
+            } else {
+                self.retry
+            };
+            let delay = backoff(attempt, retry, (self.jitter)());
             let until = (Instant::now() + delay).min(give_up);
             tokio::time::sleep_until(until).await;
         }
@@ -641,6 +656,24 @@ mod tests {
             vec![obj("Ready")],
             "one line per object, updated in place"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_is_polled_at_most_two_seconds_apart_whatever_the_failure_backoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(TALOS);
+        let pending = || {
+            Ok(Outcome::Pending {
+                message: "reconciling".into(),
+                objects: vec![],
+            })
+        };
+        let steps = Scripted::default().answer(StepId::Ready, (0..10).map(|_| pending()).collect());
+        let mut m = machine(&plan, steps, dir.path(), None);
+        let t0 = Instant::now();
+        assert_eq!(m.run().await, RunResult::Ready);
+        // 1 s, then 2 s for the other nine polls; the failure backoff (cap 8 s) would take 59 s.
+        assert_eq!(t0.elapsed(), Duration::from_secs(19));
     }
 
     #[tokio::test(start_paused = true)]

@@ -23,6 +23,8 @@ pub struct Node {
     kubeconfig: Option<Kubeconfig>,
     cluster: Option<Cluster>,
     bundle: Option<Result<Bundle, String>>,
+    /// Set by the secrets step while sealed inputs are missing (this run).
+    awaiting: Option<TpmRecord>,
 }
 
 impl Node {
@@ -33,6 +35,7 @@ impl Node {
             kubeconfig: None,
             cluster: None,
             bundle: None,
+            awaiting: None,
         }
     }
 
@@ -283,6 +286,7 @@ impl Node {
                 ));
             }
         }
+        self.awaiting = waiting.clone();
         match waiting {
             Some(tpm) => Ok(Outcome::Waiting {
                 message: format!(
@@ -403,6 +407,12 @@ impl Node {
                 let pending: Vec<String> = reports.iter().filter(|r| r.state != "Ready").map(ToString::to_string).collect();
                 Ok(Outcome::Pending { message: format!("waiting for {}", pending.join("; ")), objects: records(reports) })
             }
+            // Without its sealed inputs (the SOPS key) Flux cannot decrypt: its failure is the
+            // expected consequence of the wait, not a fault in Git.
+            Readiness::Failed { object, message, .. } if self.awaiting.is_some() => Ok(Outcome::Waiting {
+                message: format!("{object}: {message} (expected until the sealed inputs are in the configuration; see the secrets step)"),
+                tpm: self.awaiting.clone(),
+            }),
             Readiness::Failed { object, message, reports } => Err(StepFailure::permanent(format!("{object}: {message}"))
                 .with_hint("this is Flux's own verdict: fix the cause in Git (or the cluster); Flux retries by itself")
                 .with_objects(records(reports))),

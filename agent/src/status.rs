@@ -373,8 +373,10 @@ impl StatusFile {
         &self.path
     }
 
-    /// Reads the previous run's document. A missing file is `Ok(None)`.
+    /// Reads the previous run's document. A missing file is `Ok(None)`. Also removes temporary
+    /// files that an earlier process, killed between create and rename, left behind.
     pub fn load(&self) -> Result<Option<Status>, StatusError> {
+        self.remove_stale_temps();
         match std::fs::read(&self.path) {
             Ok(bytes) => {
                 serde_json::from_slice(&bytes)
@@ -434,6 +436,38 @@ impl StatusFile {
         result
     }
 
+    /// Removes `.NAME.<pid>.tmp` files of processes that no longer run (only this agent's own
+    /// temporary files match; a live writer's file is left alone).
+    fn remove_stale_temps(&self) {
+        let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+            return;
+        };
+        let Some(name) = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+        else {
+            return;
+        };
+        let prefix = format!(".{name}.");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = file
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(".tmp"))
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// Keeps an unreadable previous document aside (the agent never deletes what it cannot read).
     pub fn set_aside(&self) -> std::io::Result<PathBuf> {
         let aside = self.path.with_extension(format!(
@@ -448,6 +482,25 @@ impl StatusFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temporary_files_of_dead_writers_are_removed_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StatusFile::new(dir.path().join("status.json"));
+        // u32::MAX is never a live pid; our own pid is.
+        let dead = dir.path().join(format!(".status.json.{}.tmp", u32::MAX));
+        let live = dir
+            .path()
+            .join(format!(".status.json.{}.tmp", std::process::id()));
+        let other = dir.path().join("notes.tmp");
+        for p in [&dead, &live, &other] {
+            std::fs::write(p, b"{").unwrap();
+        }
+        assert!(file.load().unwrap().is_none());
+        assert!(!dead.exists());
+        assert!(live.exists());
+        assert!(other.exists());
+    }
 
     fn sample() -> Status {
         let mut s = Status::new(&StepId::ALL);

@@ -228,6 +228,11 @@ impl Cluster {
         config.connect_timeout = Some(Duration::from_secs(10));
         config.read_timeout = Some(Duration::from_secs(60));
         config.write_timeout = Some(Duration::from_secs(60));
+        // kube's default layer retries 429/503/504 up to 15 times with backoff growing to
+        // 1000 s, invisibly: one probe of an API that is down for a minute then takes over a
+        // minute, the status shows no error meanwhile, and recovery is noticed late. Retries
+        // belong to `retry` (per request, capped) and the boot machine (per step, in status).
+        config.default_retry = false;
         let client =
             kube::Client::try_from(config).map_err(|e| KubeError::Kubeconfig(error_chain(&e)))?;
         Ok(Cluster {

@@ -1,0 +1,211 @@
+//! A "controllers" simulator: plays kube-controller-manager and Flux's source- and
+//! kustomize-controller against the Kubernetes API stand-in. Deployments become Available, the
+//! GitRepository `flux-system` gets an artifact and the Kustomization `flux-system` applies it,
+//! each after a configurable delay counted from when the object (at its generation) appeared.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use crate::kubeapi::{KubeApi, ObjectRef};
+
+/// The revision the simulated source-controller fetches (branch `main`).
+pub const REVISION: &str = "main@sha1:5f1c0a3e9d8b7c6a5f4e3d2c1b0a998877665544";
+
+/// Delays of the simulated controllers.
+#[derive(Debug, Clone, Copy)]
+pub struct ControllerDelays {
+    /// From a Deployment's (new) generation to Available.
+    pub deployment: Duration,
+    /// From the GitRepository's generation to its artifact.
+    pub source: Duration,
+    /// From the GitRepository being Ready to the Kustomization applying.
+    pub kustomization: Duration,
+    /// How often the controllers look at the API.
+    pub poll: Duration,
+}
+
+impl Default for ControllerDelays {
+    fn default() -> Self {
+        ControllerDelays {
+            deployment: Duration::from_millis(300),
+            source: Duration::from_millis(300),
+            kustomization: Duration::from_millis(300),
+            poll: Duration::from_millis(50),
+        }
+    }
+}
+
+impl ControllerDelays {
+    /// The delays on the critical path to Flux Ready (Deployments and the source run in
+    /// parallel; the Kustomization waits for the source).
+    pub fn critical_path(&self) -> Duration {
+        self.deployment.max(self.source + self.kustomization)
+    }
+
+    pub fn none() -> Self {
+        ControllerDelays {
+            deployment: Duration::ZERO,
+            source: Duration::ZERO,
+            kustomization: Duration::ZERO,
+            poll: Duration::from_millis(20),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Sim {
+    /// `kind/ns/name@generation` → when the controller first saw it.
+    seen: HashMap<String, Instant>,
+    /// Ready=False (reason, message) for the Kustomization, when told to fail.
+    failure: Option<(String, String)>,
+}
+
+/// The running simulator; stops when dropped.
+pub struct Controllers {
+    sim: Arc<Mutex<Sim>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Controllers {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn gitrepository() -> ObjectRef {
+    ObjectRef::new(
+        "source.toolkit.fluxcd.io",
+        "gitrepositories",
+        "flux-system",
+        "flux-system",
+    )
+}
+
+fn kustomization() -> ObjectRef {
+    ObjectRef::new(
+        "kustomize.toolkit.fluxcd.io",
+        "kustomizations",
+        "flux-system",
+        "flux-system",
+    )
+}
+
+fn generation(o: &Value) -> i64 {
+    o["metadata"]["generation"].as_i64().unwrap_or(1)
+}
+
+fn condition<'a>(o: &'a Value, t: &str) -> Option<&'a Value> {
+    o["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == t)
+}
+
+/// The controller has written a verdict for the current generation.
+fn observed(o: &Value) -> bool {
+    o["status"]["observedGeneration"].as_i64() == Some(generation(o))
+        && condition(o, "Ready").is_some()
+}
+
+impl Controllers {
+    /// Starts playing the controllers against `api`.
+    pub fn start(api: Arc<KubeApi>, delays: ControllerDelays) -> Controllers {
+        let sim = Arc::new(Mutex::new(Sim::default()));
+        let s = sim.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                step(&api, &s, &delays);
+                tokio::time::sleep(delays.poll).await;
+            }
+        });
+        Controllers { sim, task }
+    }
+
+    /// From now on the Kustomization reconciles to Ready=True again.
+    pub fn succeed_kustomization(&self) {
+        if let Ok(mut s) = self.sim.lock() {
+            s.failure = None;
+        }
+    }
+
+    /// From now on the Kustomization reconciles to Ready=False with `reason` (a terminal one
+    /// such as `ReconciliationFailed` or `BuildFailed`) and Flux's `message`.
+    pub fn fail_kustomization(&self, reason: &str, message: &str) {
+        if let Ok(mut s) = self.sim.lock() {
+            s.failure = Some((reason.to_string(), message.to_string()));
+        }
+    }
+}
+
+fn due(sim: &Arc<Mutex<Sim>>, key: String, delay: Duration) -> bool {
+    let Ok(mut s) = sim.lock() else { return false };
+    let first = *s.seen.entry(key).or_insert_with(Instant::now);
+    first.elapsed() >= delay
+}
+
+fn step(api: &KubeApi, sim: &Arc<Mutex<Sim>>, d: &ControllerDelays) {
+    for dep in api.list("apps", "deployments") {
+        let ns = dep["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = dep["metadata"]["name"].as_str().unwrap_or_default();
+        let available = dep["status"]["observedGeneration"].as_i64() == Some(generation(&dep))
+            && condition(&dep, "Available").is_some_and(|c| c["status"] == "True");
+        if !available
+            && due(
+                sim,
+                format!("deploy/{ns}/{name}@{}", generation(&dep)),
+                d.deployment,
+            )
+        {
+            api.mark_deployment_available(ns, name);
+        }
+    }
+    let source_ready = match api.get(&gitrepository()) {
+        Some(repo) if observed(&repo) => true,
+        Some(repo) => {
+            if due(sim, format!("source@{}", generation(&repo)), d.source) {
+                api.mark_flux(
+                    &gitrepository(),
+                    "True",
+                    "Succeeded",
+                    &format!("stored artifact for revision '{REVISION}'"),
+                    REVISION,
+                );
+            }
+            false
+        }
+        None => false,
+    };
+    if !source_ready {
+        return;
+    }
+    let Some(ks) = api.get(&kustomization()) else {
+        return;
+    };
+    let failure = sim.lock().ok().and_then(|s| s.failure.clone());
+    let verdict_matches = observed(&ks)
+        && match &failure {
+            Some((reason, _)) => condition(&ks, "Ready").is_some_and(|c| c["reason"] == *reason),
+            None => condition(&ks, "Ready").is_some_and(|c| c["status"] == "True"),
+        };
+    if verdict_matches || !due(sim, format!("ks@{}", generation(&ks)), d.kustomization) {
+        return;
+    }
+    match failure {
+        Some((reason, message)) => {
+            api.mark_flux(&kustomization(), "False", &reason, &message, REVISION);
+        }
+        None => {
+            api.mark_flux(
+                &kustomization(),
+                "True",
+                "ReconciliationSucceeded",
+                &format!("Applied revision: {REVISION}"),
+                REVISION,
+            );
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! A node without the hardware, for whole-node rehearsals of the agent.
+//!
+//! - a real swtpm (TCP on 127.0.0.1), kept across reboots and reflashes as a vTPM's state is;
+//! - the Talos API stand-in on a Unix socket (machined), whose `Kubeconfig` serves the
+//!   Kubernetes stand-in's kubeconfig and whose `Read` serves the node's host root (so that
+//!   `bootstrap-agent status` reads the status file over mTLS, as from an operator machine);
+//! - the Kubernetes API stand-in (TLS with a cluster CA and an admin client certificate);
+//! - a controllers simulator ([`controllers`]);
+//! - a bundle directory composed from the upstream fixtures;
+//! - the real `bootstrap-agent` binary, run as Talos runs the extension service: the
+//!   entrypoint, args and environment of `extension/bootstrap-agent.yaml`, its paths mapped
+//!   under a temporary host root, restarted per its `restart` policy ([`service`]).
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use bootstrap_agent_tests::node::{Node, NodeOptions};
+//! let node = Node::start(NodeOptions::default()).await;
+//! node.write_config(None);
+//! let report = node.service().wait(std::time::Duration::from_secs(60)).await;
+//! # }
+//! ```
+
+// Test support: a broken environment is reported by a panic with a clear message.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+pub mod controllers;
+pub mod service;
+pub mod spec;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bootstrap_agent::plan::StepId;
+use bootstrap_agent::status::{Phase, Status, StepState};
+use tempfile::TempDir;
+
+use crate::kubeapi::fixture::{Corpus, compose_bundle};
+use crate::kubeapi::{CrdPolicy, KubeApi, ObjectRef};
+use crate::swtpm::{Swtpm, agent_binary};
+use crate::talos::StandIn;
+pub use controllers::{ControllerDelays, Controllers, REVISION};
+pub use service::{Exit, Launch, Service, ServiceReport};
+pub use spec::{Restart, ServiceSpec, host_path};
+
+/// Where the agent writes its status on the node (the spec's mount and the agent's default).
+pub const STATUS_PATH: &str = "/var/lib/bootstrap-agent/status.json";
+/// The Git source the rehearsal's Flux syncs from (never contacted: the controllers are
+/// simulated).
+pub const FLUX_URL: &str = "https://github.com/example/homelab";
+
+/// The service's root filesystem on a Talos node (the entrypoint is relative to it).
+pub const CONTAINER_ROOT: &str = "/usr/local/lib/containers/bootstrap-agent";
+
+/// Runs this agent binary instead of the workspace's build (e.g. the static release build).
+pub const AGENT_BIN_ENV: &str = "BOOTSTRAP_AGENT_BIN";
+
+/// How the node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Include the Gateway API CRDs (the full upstream corpus).
+    pub gateway_api: bool,
+    /// The first `n` `Bootstrap` calls answer FailedPrecondition.
+    pub bootstrap_not_ready: usize,
+    pub delays: ControllerDelays,
+    pub crd_policy: CrdPolicy,
+    /// `BOOTSTRAP_AGENT_RETRY_MAX` for the agent.
+    pub retry_max: String,
+    /// Starts of the service before the supervisor gives up (untilSuccess restarts otherwise
+    /// forever, as Talos does).
+    pub max_starts: usize,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            gateway_api: false,
+            bootstrap_not_ready: 0,
+            delays: ControllerDelays::default(),
+            crd_policy: CrdPolicy::default(),
+            retry_max: "1s".into(),
+            max_starts: 20,
+        }
+    }
+}
+
+/// The node: TPM, Talos API, Kubernetes API, controllers, host root and bundle.
+pub struct Node {
+    pub tpm: Swtpm,
+    pub talos: StandIn,
+    pub kube: Arc<KubeApi>,
+    pub controllers: Controllers,
+    pub options: NodeOptions,
+    pub spec: ServiceSpec,
+    /// The agent binary the service runs.
+    pub agent: PathBuf,
+    root: TempDir,
+    bundle: TempDir,
+    work: TempDir,
+}
+
+async fn cluster(options: &NodeOptions, root: &Path) -> (StandIn, Arc<KubeApi>, Controllers) {
+    let kube = Arc::new(
+        KubeApi::start_tls(options.crd_policy.clone())
+            .await
+            .expect("start the Kubernetes API stand-in"),
+    );
+    let talos = StandIn::builder()
+        .kubeconfig(&kube.kubeconfig())
+        .bootstrap_not_ready(options.bootstrap_not_ready)
+        .root(root)
+        .start()
+        .await;
+    let controllers = Controllers::start(kube.clone(), options.delays);
+    (talos, kube, controllers)
+}
+
+impl Node {
+    /// A freshly flashed node: empty TPM, etcd not bootstrapped, empty cluster, empty /var.
+    pub async fn start(options: NodeOptions) -> Node {
+        let agent = match std::env::var_os(AGENT_BIN_ENV) {
+            Some(p) => {
+                let p = PathBuf::from(p);
+                assert!(p.is_file(), "{AGENT_BIN_ENV}={} is not a file", p.display());
+                p
+            }
+            None => agent_binary()
+                .unwrap_or_else(|e| panic!("the rehearsal runs the real agent binary: {e}")),
+        };
+        let spec = ServiceSpec::load().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            spec.restart,
+            Restart::UntilSuccess,
+            "the rehearsal assumes restart: untilSuccess"
+        );
+        let tpm = Swtpm::start().expect("start swtpm (install swtpm: tests/install-deps.sh)");
+        let root = tempfile::Builder::new()
+            .prefix("node-root")
+            .tempdir()
+            .expect("host root");
+        let bundle = tempfile::Builder::new()
+            .prefix("node-bundle")
+            .tempdir()
+            .expect("bundle dir");
+        compose_bundle(
+            bundle.path(),
+            Corpus {
+                gateway_api: options.gateway_api,
+            },
+        );
+        let work = tempfile::tempdir().expect("work dir");
+        let (talos, kube, controllers) = cluster(&options, root.path()).await;
+        let node = Node {
+            tpm,
+            talos,
+            kube,
+            controllers,
+            options,
+            spec,
+            agent,
+            root,
+            bundle,
+            work,
+        };
+        node.prepare_mounts();
+        node
+    }
+
+    /// Talos creates a missing bind-mount source directory (mode 0700) before starting the
+    /// service; do the same for the directories the spec mounts from the host's /var.
+    fn prepare_mounts(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        for m in &self.spec.mounts {
+            if m.source.starts_with("/var/") {
+                let dir = host_path(self.root.path(), &m.source);
+                if !dir.exists() {
+                    std::fs::create_dir_all(&dir).expect("mount source");
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                        .expect("mount source mode");
+                }
+            }
+        }
+    }
+
+    /// The node's host root (`/` of the node).
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// A scratch directory for the test (operator files: keys, talosconfig).
+    pub fn work(&self) -> &Path {
+        self.work.path()
+    }
+
+    pub fn bundle_dir(&self) -> &Path {
+        self.bundle.path()
+    }
+
+    /// Where the service's configuration file is on the host.
+    pub fn config_path(&self) -> PathBuf {
+        let inside = self
+            .spec
+            .config_path()
+            .expect("the service spec passes --config");
+        host_path(self.root(), inside)
+    }
+
+    /// The status file on the host.
+    pub fn status_path(&self) -> PathBuf {
+        host_path(self.root(), STATUS_PATH)
+    }
+
+    /// The agent's configuration for this node; `sealed` is the armored SOPS key sealed to the
+    /// TPM, `None` before enrolment.
+    pub fn config_text(&self, sealed: Option<&str>) -> String {
+        let mut secret =
+            "  - namespace: flux-system\n    name: sops-age\n    key: age.agekey\n".to_string();
+        if let Some(armor) = sealed {
+            secret.push_str("    sealed: |\n");
+            for line in armor.trim_end().lines() {
+                secret.push_str("      ");
+                secret.push_str(line);
+                secret.push('\n');
+            }
+        }
+        format!(
+            "talos:\n  socket: {socket}\n  bootstrapEtcd: true\ntpm:\n  device: {tpm}\n  pcrs: [7]\n  lockPcr: 15\nsecrets:\n{secret}bundle:\n  dir: {bundle}\nflux:\n  url: {FLUX_URL}\n  branch: main\n  path: ./kubernetes/flux-system\nstatus: {STATUS_PATH}\n",
+            socket = self.talos.socket_path().display(),
+            tpm = self.tpm.address(),
+            bundle = self.bundle_dir().display(),
+        )
+    }
+
+    /// Writes the configuration (as Talos mounts the ExtensionServiceConfig file).
+    pub fn write_config(&self, sealed: Option<&str>) {
+        self.write_config_text(&self.config_text(sealed));
+    }
+
+    pub fn write_config_text(&self, text: &str) {
+        let path = self.config_path();
+        std::fs::create_dir_all(path.parent().expect("config dir")).expect("config dir");
+        std::fs::write(&path, text).expect("write config");
+    }
+
+    /// The environment of the service: the spec's, then the harness's mappings.
+    pub fn service_env(&self) -> Vec<(String, String)> {
+        let mut env = self.spec.environment.clone();
+        env.push((
+            "BOOTSTRAP_AGENT_STATUS".into(),
+            self.status_path().display().to_string(),
+        ));
+        env.push((
+            "BOOTSTRAP_AGENT_RETRY_MAX".into(),
+            self.options.retry_max.clone(),
+        ));
+        env.push(("RUST_LOG".into(), "info".into()));
+        env.push(("PATH".into(), "/usr/bin:/bin".into()));
+        // Temporary files, if the agent ever wrote any, land on the scanned host root.
+        let tmp = host_path(self.root(), "/tmp");
+        std::fs::create_dir_all(&tmp).expect("tmp dir");
+        env.push(("TMPDIR".into(), tmp.display().to_string()));
+        env
+    }
+
+    /// Starts the agent service as Talos would.
+    pub fn service(&self) -> Service {
+        self.service_with(self.options.max_starts)
+    }
+
+    /// Starts the agent service, giving up after `max_starts` starts.
+    pub fn service_with(&self, max_starts: usize) -> Service {
+        // The service's own root (where Talos puts the entrypoint), under the host root so that
+        // anything the agent writes relative to it is found by the scans of the host root.
+        let cwd = host_path(self.root(), CONTAINER_ROOT);
+        std::fs::create_dir_all(&cwd).expect("container root");
+        Service::start(Launch {
+            cwd,
+            program: self.agent.clone(),
+            args: self.spec.mapped_args(self.root()),
+            env: self.service_env(),
+            restart: self.spec.restart,
+            restart_delay: Duration::from_millis(200),
+            max_starts,
+        })
+    }
+
+    /// The status document, when there is one.
+    pub fn status(&self) -> Option<Status> {
+        let bytes = std::fs::read(self.status_path()).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Polls the status file until `pred` holds; panics (with the last status) after `timeout`.
+    pub async fn wait_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Status {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status()
+                && pred(&s)
+            {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "status did not reach `{what}` within {timeout:?}; last status:\n{}",
+                    self.status()
+                        .map(|s| s.render())
+                        .unwrap_or_else(|| "(none)".into())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Waits until the agent waits for the operator; returns the TPM recipient.
+    pub async fn wait_for_enrolment(&self, timeout: Duration) -> String {
+        let s = self
+            .wait_status(timeout, "waiting with a recipient", |s| {
+                s.phase == Phase::Waiting && s.tpm.is_some()
+            })
+            .await;
+        s.tpm.expect("tpm record").recipient
+    }
+
+    /// A reboot without reflash: the TPM's PCRs reset (NV kept) and the firmware starts it up
+    /// (TPM2_Startup CLEAR) as on real hardware; /var and the cluster stay.
+    pub fn reboot(&self) {
+        self.tpm.reboot().expect("swtpm reboot");
+        let out = self
+            .tpm
+            .tpm2("tpm2_startup", &["-c"])
+            .expect("tpm2_startup");
+        assert!(
+            out.status.success(),
+            "tpm2_startup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A rebuild by reflash: the TPM state is kept (and the machine reboots), /var is wiped,
+    /// and the cluster is new: etcd not bootstrapped, an empty Kubernetes API.
+    pub async fn reflash(&mut self) {
+        self.reboot();
+        let var = self.root().join("var");
+        if var.exists() {
+            std::fs::remove_dir_all(&var).expect("wipe /var");
+        }
+        let (talos, kube, controllers) = cluster(&self.options, self.root.path()).await;
+        // Old stand-ins stop serving when dropped.
+        self.controllers = controllers;
+        self.talos = talos;
+        self.kube = kube;
+        self.prepare_mounts();
+        // The configuration refers to the new socket.
+        if let Ok(text) = std::fs::read_to_string(self.config_path())
+            && let Some(old) = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("socket: "))
+                .map(str::to_string)
+        {
+            self.write_config_text(
+                &text.replace(&old, &self.talos.socket_path().display().to_string()),
+            );
+        }
+    }
+
+    /// Runs `bootstrap-agent ARGS` (operator side or offline commands).
+    pub fn agent(&self, args: &[&str]) -> Output {
+        Command::new(&self.agent)
+            .args(args)
+            .output()
+            .expect("run bootstrap-agent")
+    }
+
+    /// `bootstrap-agent status` through the Talos API stand-in, over mTLS with an `os:admin`
+    /// talosconfig, reading the node's status file.
+    pub fn status_command(&self, extra: &[&str]) -> Output {
+        let talosconfig = self.talos.write_talosconfig(self.work());
+        let tc = talosconfig.display().to_string();
+        let mut args = vec!["status", "--talosconfig", tc.as_str()];
+        args.extend_from_slice(extra);
+        self.agent(&args)
+    }
+
+    /// `tpm2_pcrread sha256:N`, as hex.
+    pub fn pcr(&self, pcr: u32) -> String {
+        let out = self
+            .tpm
+            .tpm2("tpm2_pcrread", &[&format!("sha256:{pcr}")])
+            .expect("tpm2_pcrread");
+        assert!(
+            out.status.success(),
+            "tpm2_pcrread: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(&format!("{pcr} :"))
+                    .or_else(|| l.trim().strip_prefix(&format!("{pcr}:")))
+            })
+            .map(|v| v.trim().trim_start_matches("0x").to_ascii_lowercase())
+            .unwrap_or_else(|| panic!("PCR {pcr} not in tpm2_pcrread output: {text}"))
+    }
+
+    /// Extends PCR `pcr` with a measurement, as firmware would.
+    pub fn extend_pcr(&self, pcr: u32, byte: &str) {
+        let out = self
+            .tpm
+            .tpm2(
+                "tpm2_pcrextend",
+                &[&format!("{pcr}:sha256={}", byte.repeat(32))],
+            )
+            .expect("tpm2_pcrextend");
+        assert!(
+            out.status.success(),
+            "tpm2_pcrextend: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The step records' states, for messages.
+    pub fn steps(&self) -> Vec<(StepId, StepState)> {
+        self.status()
+            .map(|s| s.steps.iter().map(|r| (r.step, r.state)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The `flux-system/sops-age` Secret's `age.agekey`, decoded.
+    pub fn sops_age(&self) -> Option<Vec<u8>> {
+        use base64::Engine;
+        let s = self
+            .kube
+            .get(&ObjectRef::new("", "secrets", "flux-system", "sops-age"))?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s["data"]["age.agekey"].as_str()?)
+            .ok()
+    }
+}
+
+/// What the operator did at first boot: the SOPS key and its sealed form.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// The whole `age-keygen` key file (comment lines and the identity line).
+    pub key_file: String,
+    /// The armored age file sealed to the TPM's recipient.
+    pub armor: String,
+    pub recipient: String,
+}
+
+impl Node {
+    /// Operator side without a waiting agent: `bootstrap-agent tpm enroll` on the node's TPM,
+    /// `age-keygen`, `age -a -r RECIPIENT`, and the sealed key in the configuration.
+    pub fn enrol_and_seal(&self) -> Sealed {
+        let out = self.agent(&["tpm", "enroll", "--tpm", &self.tpm.address()]);
+        assert!(
+            out.status.success(),
+            "tpm enroll: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let recipient = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let sealed = self.seal_to(&recipient);
+        self.write_config(Some(&sealed.armor));
+        sealed
+    }
+
+    /// Generates a SOPS key with `age-keygen` and seals it to `recipient` with `age`.
+    pub fn seal_to(&self, recipient: &str) -> Sealed {
+        let key_path = self.work().join(".age-key.txt");
+        let _ = std::fs::remove_file(&key_path);
+        let key_file = age_keygen(&key_path);
+        let armor = age_seal(recipient, &key_path);
+        Sealed {
+            key_file,
+            armor,
+            recipient: recipient.to_string(),
+        }
+    }
+
+    /// Scenario "first boot on a fresh TPM": the agent enrols and waits with the recipient in
+    /// its status; the operator seals a new key to it into the configuration; Talos restarts
+    /// the service on the configuration change and it runs to Flux Ready. Returns the sealed
+    /// key and the reports of both services (waiting, then ready).
+    pub async fn first_boot(&self, timeout: Duration) -> (Sealed, ServiceReport, ServiceReport) {
+        self.write_config(None);
+        let waiting = self.service();
+        let recipient = self.wait_for_enrolment(timeout).await;
+        let sealed = self.seal_to(&recipient);
+        self.write_config(Some(&sealed.armor));
+        let waited = waiting.stop().await;
+        let ready = self.service().wait(timeout).await;
+        assert_eq!(
+            ready.last().and_then(|e| e.code),
+            Some(0),
+            "the agent did not reach Ready after sealing; log:\n{}",
+            ready.log
+        );
+        (sealed, waited, ready)
+    }
+}
+
+/// Operator side: `age-keygen -o PATH`; returns the key file's text.
+pub fn age_keygen(path: &Path) -> String {
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(path)
+        .output()
+        .expect("run age-keygen (install age: tests/install-deps.sh)");
+    assert!(
+        out.status.success(),
+        "age-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(path).expect("read the generated key")
+}
+
+/// Operator side: `age -a -r RECIPIENT FILE`; returns the armor.
+pub fn age_seal(recipient: &str, file: &Path) -> String {
+    let out = Command::new("age")
+        .args(["-a", "-r", recipient])
+        .arg(file)
+        .output()
+        .expect("run age (install age: tests/install-deps.sh)");
+    assert!(
+        out.status.success(),
+        "age: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("armor is text")
+}
+
+/// The `AGE-SECRET-KEY-1...` line of an age key file.
+pub fn key_line(key_file: &str) -> String {
+    key_file
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-1"))
+        .expect("an identity line")
+        .to_string()
+}

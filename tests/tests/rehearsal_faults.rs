@@ -1,0 +1,159 @@
+//! The rehearsal under faults: the Kubernetes API down at boot, machined not ready to bootstrap
+//! for a while, Flux's own terminal failure, a changed SecureBoot state (PCR 7) and a corrupted
+//! sealed input. Each failure is named precisely in the status and nothing is created that
+//! should not be.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::time::Duration;
+
+use bootstrap_agent::plan::StepId;
+use bootstrap_agent::status::{ErrorKind, Phase, StepState};
+use bootstrap_agent_tests::node::{Node, NodeOptions};
+
+const RUN: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_api_down_for_60s_at_boot_then_converges() {
+    let node = Node::start(NodeOptions::default()).await;
+    let sealed = node.enrol_and_seal();
+    node.kube.unavailable_for(Duration::from_secs(60));
+    let report = node.service().wait(RUN).await;
+    assert_eq!(report.last().unwrap().code, Some(0), "{}", report.log);
+    assert!(node.kube.faulted_requests() > 5, "the agent kept trying");
+    let status = node.status().unwrap();
+    assert_eq!(status.phase, Phase::Ready, "{}", status.render());
+    let kube_api = status.step(StepId::KubeApi).unwrap();
+    assert!(kube_api.attempts > 5, "{kube_api:?}");
+    assert!(kube_api.duration_ms.unwrap() >= 55_000, "{kube_api:?}");
+    assert_eq!(node.sops_age().unwrap(), sealed.key_file.as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talos_bootstrap_not_ready_for_30s_then_bootstraps_once() {
+    let node = Node::start(NodeOptions::default()).await;
+    node.enrol_and_seal();
+    // machined answers FailedPrecondition ("not available yet") for 30 s.
+    node.talos.set_bootstrap_not_ready(usize::MAX);
+    let service = node.service();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let refused = node.talos.bootstrap_calls();
+    assert!(!node.talos.is_bootstrapped());
+    assert!(refused >= 10, "the agent kept asking: {refused} calls");
+    let s = node.status().unwrap();
+    let etcd = s.step(StepId::Etcd).unwrap();
+    assert_eq!(etcd.state, StepState::Retrying, "{}", s.render());
+    assert!(
+        etcd.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("not available yet"),
+        "{etcd:?}"
+    );
+    node.talos.set_bootstrap_not_ready(0);
+    let report = service.wait(RUN).await;
+    assert_eq!(report.last().unwrap().code, Some(0), "{}", report.log);
+    assert!(node.talos.is_bootstrapped());
+    let status = node.status().unwrap();
+    let etcd = status.step(StepId::Etcd).unwrap();
+    assert_eq!(etcd.state, StepState::Done);
+    assert_eq!(
+        etcd.attempts as usize,
+        node.talos.bootstrap_calls(),
+        "one Bootstrap call per attempt, the last one succeeded: {etcd:?}"
+    );
+    assert_eq!(
+        report.exits.len(),
+        1,
+        "retried within the run, not by restarts"
+    );
+    assert_eq!(status.phase, Phase::Ready);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kustomization_terminal_failure_is_reported_with_fluxs_message() {
+    let node = Node::start(NodeOptions::default()).await;
+    node.enrol_and_seal();
+    let message = "kustomize build failed: accumulating resources: accumulation err='accumulating resources from 'apps': missing Resource metadata'";
+    node.controllers.fail_kustomization("BuildFailed", message);
+    let report = node.service_with(1).wait(RUN).await;
+    assert_eq!(report.last().unwrap().code, Some(3), "{}", report.log);
+    let status = node.status().unwrap();
+    assert_eq!(status.phase, Phase::Failed);
+    let err = status.last_error.clone().expect("last error");
+    assert_eq!(err.step, StepId::Ready);
+    assert_eq!(err.kind, ErrorKind::Permanent);
+    assert!(err.message.contains(message), "{}", err.message);
+    assert!(err.message.contains("Kustomization"), "{}", err.message);
+    let human = node.status_command(&[]);
+    assert_eq!(human.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&human.stdout).contains("BuildFailed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pcr7_changed_is_a_precise_failure_and_nothing_is_created() {
+    let node = Node::start(NodeOptions::default()).await;
+    node.enrol_and_seal();
+    // Next boot with another SecureBoot state: PCR 7 measures differently.
+    node.reboot();
+    node.extend_pcr(7, "5b");
+    let report = node.service_with(1).wait(RUN).await;
+    assert_eq!(report.last().unwrap().code, Some(3), "{}", report.log);
+    let status = node.status().unwrap();
+    assert_eq!(status.phase, Phase::Failed);
+    let err = status.last_error.clone().unwrap();
+    assert_eq!(err.step, StepId::Secrets);
+    assert!(err.message.contains("PCR 7"), "{}", err.message);
+    assert!(err.message.contains("SecureBoot"), "{}", err.message);
+    assert_eq!(
+        node.kube.mutating_requests(),
+        0,
+        "nothing may be created: {:?}",
+        node.kube.request_log()
+    );
+    assert!(node.sops_age().is_none());
+    assert!(node.kube.established_crds().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_sealed_input_is_a_precise_failure() {
+    let node = Node::start(NodeOptions::default()).await;
+    let sealed = node.enrol_and_seal();
+    // Damage the body (not the armor lines): the file still looks like age armor.
+    let mut lines: Vec<String> = sealed.armor.lines().map(str::to_string).collect();
+    let body = &mut lines[2];
+    let flipped: String = body
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if (10..20).contains(&i) {
+                if c == 'A' { 'B' } else { 'A' }
+            } else {
+                c
+            }
+        })
+        .collect();
+    *body = flipped;
+    node.write_config(Some(&lines.join("\n")));
+    let report = node.service_with(1).wait(RUN).await;
+    assert_eq!(report.last().unwrap().code, Some(3), "{}", report.log);
+    let err = node.status().unwrap().last_error.unwrap();
+    assert_eq!(err.step, StepId::Secrets);
+    assert!(
+        err.message.contains("flux-system/sops-age"),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message.to_lowercase().contains("corrupt"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        node.kube.mutating_requests(),
+        0,
+        "{:?}",
+        node.kube.request_log()
+    );
+    assert!(node.sops_age().is_none());
+}

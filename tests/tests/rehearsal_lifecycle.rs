@@ -1,0 +1,190 @@
+//! Whole-node rehearsal of the node's life: first boot on a fresh TPM, rebuild by reflash, and
+//! reboot without reflash. The real agent binary runs as the Talos service against a real
+//! swtpm, the Talos and Kubernetes API stand-ins and simulated controllers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::time::Duration;
+
+use bootstrap_agent::plan::StepId;
+use bootstrap_agent::status::{Phase, Status, StepState};
+use bootstrap_agent_tests::kubeapi::ObjectRef;
+use bootstrap_agent_tests::node::{Node, NodeOptions};
+
+const RUN: Duration = Duration::from_secs(90);
+
+fn secrets_in(node: &Node) -> usize {
+    node.kube
+        .list("", "secrets")
+        .iter()
+        .filter(|s| s["metadata"]["namespace"] == "flux-system")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_boot_enrols_waits_for_the_sealed_key_then_reaches_flux_ready() {
+    let node = Node::start(NodeOptions::default()).await;
+    node.write_config(None);
+    let waiting = node.service();
+    let recipient = node.wait_for_enrolment(RUN).await;
+    let status = node.status().unwrap();
+    assert_eq!(status.phase, Phase::Waiting);
+    let tpm = status.tpm.clone().expect("the recipient is in the status");
+    assert!(recipient.starts_with("age1"), "{recipient}");
+    assert!(
+        tpm.command.contains(&format!("age -a -r {recipient}")),
+        "{}",
+        tpm.command
+    );
+    assert_eq!(
+        status.step(StepId::Secrets).unwrap().state,
+        StepState::Waiting
+    );
+    assert!(
+        node.sops_age().is_none(),
+        "no secret before the key is sealed"
+    );
+    // The recipient is this TPM's: the agent's own CLI agrees.
+    let r = node.agent(&["tpm", "recipient", "--tpm", &node.tpm.address()]);
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), recipient);
+
+    // Operator: a new SOPS key, sealed with the real age CLI into the configuration; Talos
+    // restarts the service when its configuration changes.
+    let sealed = node.seal_to(&recipient);
+    node.write_config(Some(&sealed.armor));
+    let first = waiting.stop().await;
+    assert!(first.exits.iter().all(|e| e.code == Some(0)), "{first:?}");
+    let ready = node.service().wait(RUN).await;
+    assert_eq!(ready.last().unwrap().code, Some(0), "{}", ready.log);
+
+    let status = node.status().unwrap();
+    assert_eq!(status.phase, Phase::Ready, "{}", status.render());
+    assert!(status.tpm.is_none());
+    assert!(
+        status.steps.iter().all(|s| s.state == StepState::Done),
+        "{}",
+        status.render()
+    );
+    assert_eq!(node.talos.bootstrap_calls(), 1);
+
+    // Operator side: the result read through the Talos API.
+    let out = node.status_command(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("READY"), "{text}");
+    let json = node.status_command(&["--json"]);
+    let remote: Status = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(remote, status);
+
+    // flux-system/sops-age holds exactly the key file, under age.agekey only.
+    assert_eq!(node.sops_age().unwrap(), sealed.key_file.as_bytes());
+    let secret = node
+        .kube
+        .get(&ObjectRef::new("", "secrets", "flux-system", "sops-age"))
+        .unwrap();
+    assert_eq!(secret["data"].as_object().unwrap().len(), 1, "{secret}");
+    assert_eq!(secret["type"], "Opaque");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_by_reflash_brings_everything_back_with_no_input() {
+    let mut node = Node::start(NodeOptions::default()).await;
+    let (sealed, _, _) = node.first_boot(RUN).await;
+    assert_eq!(node.talos.bootstrap_calls(), 1);
+
+    // Reflash: /var wiped, a new cluster (etcd not bootstrapped, empty API), TPM state kept.
+    node.reflash().await;
+    assert!(node.status().is_none());
+    assert!(!node.talos.is_bootstrapped());
+    assert_eq!(node.kube.requests(), 0);
+
+    let report = node.service().wait(RUN).await;
+    assert_eq!(report.last().unwrap().code, Some(0), "{}", report.log);
+    assert_eq!(
+        node.talos.bootstrap_calls(),
+        1,
+        "the new cluster was bootstrapped once"
+    );
+    assert!(node.talos.is_bootstrapped());
+    let status = node.status().unwrap();
+    assert_eq!(status.phase, Phase::Ready, "{}", status.render());
+    assert_eq!(status.runs, 1, "a fresh /var starts a fresh status");
+    // The same sealed configuration gives the same key back.
+    assert_eq!(node.sops_age().unwrap(), sealed.key_file.as_bytes());
+    assert_eq!(secrets_in(&node), 1);
+    assert!(node.kube.established_crds().len() > 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_without_reflash_changes_nothing() {
+    let node = Node::start(NodeOptions::default()).await;
+    let (sealed, _, _) = node.first_boot(RUN).await;
+    let before = node.status().unwrap();
+
+    node.reboot();
+    node.kube.reset_counts();
+    let report = node.service().wait(RUN).await;
+    assert_eq!(report.last().unwrap().code, Some(0), "{}", report.log);
+    assert_eq!(
+        node.kube.mutating_requests(),
+        0,
+        "a reboot must not change the cluster: {:#?}",
+        node.kube
+            .request_log()
+            .into_iter()
+            .filter(|r| !r.starts_with("GET"))
+            .collect::<Vec<_>>()
+    );
+    assert!(node.kube.requests() > 0, "the agent did check the cluster");
+    assert_eq!(node.talos.bootstrap_calls(), 1, "no second Bootstrap");
+    let status = node.status().unwrap();
+    assert_eq!(status.phase, Phase::Ready, "{}", status.render());
+    assert_eq!(status.runs, before.runs + 1);
+    assert_eq!(node.sops_age().unwrap(), sealed.key_file.as_bytes());
+    // The seed was unsealed again this boot and locked afterwards.
+    assert_ne!(node.pcr(15), "0".repeat(64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_boot_with_encrypted_files_in_git_waits_instead_of_failing() {
+    let node = Node::start(NodeOptions::default()).await;
+    // Git holds SOPS-encrypted files: until sops-age exists, kustomize-controller cannot
+    // decrypt them and reports a terminal failure.
+    node.controllers.fail_kustomization(
+        "BuildFailed",
+        "decryption failed for 'flux-system/secrets.enc.yaml': no age identity found",
+    );
+    node.write_config(None);
+    let waiting = node.service();
+    let recipient = node.wait_for_enrolment(RUN).await;
+    let status = node.status().unwrap();
+    assert_eq!(status.phase, Phase::Waiting, "{}", status.render());
+    assert!(status.last_error.is_none(), "{}", status.render());
+    let ready = status.step(StepId::Ready).unwrap();
+    assert_eq!(ready.state, StepState::Waiting, "{}", status.render());
+    assert!(
+        ready
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("decryption failed"),
+        "{ready:?}"
+    );
+    assert_eq!(status.tpm.as_ref().unwrap().recipient, recipient);
+    // No restart loop: the service waits for its configuration.
+    assert!(waiting.exits().is_empty(), "{:?}", waiting.exits());
+
+    // Once the key is sealed (and sops-age exists) Flux decrypts and the node gets Ready.
+    let sealed = node.seal_to(&recipient);
+    node.write_config(Some(&sealed.armor));
+    waiting.stop().await;
+    node.controllers.succeed_kustomization();
+    let report = node.service().wait(RUN).await;
+    assert_eq!(report.last().unwrap().code, Some(0), "{}", report.log);
+    assert_eq!(node.status().unwrap().phase, Phase::Ready);
+    assert_eq!(node.sops_age().unwrap(), sealed.key_file.as_bytes());
+}
