@@ -446,16 +446,7 @@ async fn a_terminal_kustomization_failure_carries_fluxs_message() {
 async fn conflicts_are_reported_not_forced_and_newer_crds_are_kept() {
     let e = env_with(CrdPolicy::default(), false).await;
     // Someone else owns the source-controller Service with other ports.
-    e.api.seed(
-        &ObjectRef::new("", "namespaces", "", "flux-system"),
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}}),
-        "kubectl-create",
-    );
-    e.api.seed(
-        &ObjectRef::new("", "services", "flux-system", "source-controller"),
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "source-controller"}, "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": 8080}]}}),
-        "kubectl-edit",
-    );
+    seed_foreign_service(&e.api);
     // A newer cert-manager CRD is already there (the Flux tree upgraded it).
     let mut newer = docs("cert-manager.crds.yaml")
         .into_iter()
@@ -533,16 +524,7 @@ async fn force_takes_back_only_objects_the_agent_created() {
     use bootstrap_agent::kube::ClusterOptions;
     let e = env_with(CrdPolicy::default(), false).await;
     // Someone else made this Service: it must not be forced even with force configured.
-    e.api.seed(
-        &ObjectRef::new("", "namespaces", "", "flux-system"),
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}}),
-        "kubectl-create",
-    );
-    e.api.seed(
-        &ObjectRef::new("", "services", "flux-system", "source-controller"),
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "source-controller"}, "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": 8080}]}}),
-        "kubectl-edit",
-    );
+    seed_foreign_service(&e.api);
     let forcing = e.cluster.clone().with_options(ClusterOptions {
         force_conflicts: true,
         ..Default::default()
@@ -579,5 +561,19 @@ async fn force_takes_back_only_objects_the_agent_created() {
         e.api.get(&nc).unwrap()["spec"]["ports"][0]["port"],
         80,
         "forced back to the bundle's value"
+    );
+}
+
+/// Someone else (`kubectl-edit`) owns the source-controller Service, with other ports.
+fn seed_foreign_service(api: &KubeApi) {
+    api.seed(
+        &ObjectRef::new("", "namespaces", "", "flux-system"),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}}),
+        "kubectl-create",
+    );
+    api.seed(
+        &ObjectRef::new("", "services", "flux-system", "source-controller"),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "source-controller"}, "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": 8080}]}}),
+        "kubectl-edit",
     );
 }

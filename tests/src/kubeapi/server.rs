@@ -327,24 +327,9 @@ pub async fn handle(
         Route::NotFound => Ok(no_route()),
         Route::Resource(target) => {
             let query = Query::parse(req.uri().query());
-            let accept = req
-                .headers()
-                .get(http::header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
-            let content_type = req
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
-            let user_agent = req
-                .headers()
-                .get(http::header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("unknown")
-                .to_string();
+            let accept = header(&req, http::header::ACCEPT, "");
+            let content_type = header(&req, http::header::CONTENT_TYPE, "");
+            let user_agent = header(&req, http::header::USER_AGENT, "unknown");
             let body = match req.into_body().collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) => return Err(std::io::Error::other(e)),
@@ -961,4 +946,13 @@ fn watch(
         http::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// A request header as text, or `default` when absent or not ASCII.
+fn header<B>(req: &http::Request<B>, name: http::header::HeaderName, default: &str) -> String {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(default)
+        .to_string()
 }
