@@ -44,8 +44,9 @@ pub fn main(args: &RunArgs) -> u8 {
 
 async fn run(args: &RunArgs) -> u8 {
     loop {
-        let text = std::fs::read(&args.config).ok();
-        let config = match load(&args.config) {
+        // Read once: the same bytes are validated and later compared to notice a change.
+        let text = std::fs::read(&args.config);
+        let config = match load(&args.config, &text) {
             Ok(c) => c,
             Err(e) => {
                 error!("{e}");
@@ -86,7 +87,7 @@ async fn run(args: &RunArgs) -> u8 {
             RunResult::Waiting => {
                 info!(config = %args.config.display(), "waiting for the configuration to change (Talos restarts the service when it does)");
                 tokio::select! {
-                    () = changed(&args.config, text) => info!("configuration changed; running again"),
+                    () = changed(&args.config, text.ok()) => info!("configuration changed; running again"),
                     () = shutdown() => return crate::exit::SUCCESS,
                 }
             }
@@ -94,9 +95,18 @@ async fn run(args: &RunArgs) -> u8 {
     }
 }
 
-/// Loads and validates the configuration and what it references.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let config = Config::load(path)?;
+/// Validates the configuration read from `path` and what it references.
+fn load(path: &Path, read: &std::io::Result<Vec<u8>>) -> Result<Config, ConfigError> {
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes = read
+        .as_ref()
+        .map_err(|e| read_error(std::io::Error::new(e.kind(), e.to_string())))?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    let config = Config::parse(text, path, &|name| std::env::var(name).ok())?;
     let problems = config.check_references();
     if problems.is_empty() {
         Ok(config)
