@@ -1,5 +1,6 @@
 //! Stand-ins and harnesses shared by the end-to-end tests.
 
+pub mod envtest;
 pub mod kubeapi;
 pub mod node;
 pub mod swtpm;

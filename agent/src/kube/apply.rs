@@ -3,14 +3,12 @@
 //! Conflicts with other field managers are reported (object, fields, managers), never forced
 //! unless configured. CRDs the cluster has in the same or a newer version are left alone.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
-
 use futures::StreamExt;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
 use tokio::time::Instant;
 
 use super::resources::{Mapping, Registry};
@@ -28,27 +26,6 @@ const GATEWAY_VERSION_ANNOTATION: &str = "gateway.networking.k8s.io/bundle-versi
 /// 1 MB CRD in the response is skipped rather than built into a tree.
 #[derive(Clone, Debug, Deserialize)]
 struct Applied {}
-
-/// A CRD in a watch event, reduced to its name and conditions.
-#[derive(Clone, Debug, Deserialize)]
-struct CrdState {
-    metadata: kube::api::ObjectMeta,
-    #[serde(default)]
-    status: CrdStatus,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-struct CrdStatus {
-    #[serde(default)]
-    conditions: Vec<CrdCondition>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-struct CrdCondition {
-    #[serde(rename = "type")]
-    type_: String,
-    status: String,
-}
 
 pub(crate) struct Applier<'a> {
     cluster: &'a Cluster,
@@ -354,107 +331,19 @@ impl<'a> Applier<'a> {
         }
     }
 
-    /// Waits until every named CRD has condition Established=True, with one watch (re-opened
-    /// when the server ends it) rather than polling each CRD.
-    pub async fn wait_established(
-        &self,
-        names: &[String],
-        deadline: Duration,
-    ) -> Result<(), KubeError> {
-        let mut pending: BTreeSet<String> = names.iter().cloned().collect();
-        if pending.is_empty() {
+    /// Waits until every named CRD has condition Established=True (see [`super::established`]).
+    pub async fn wait_established(&self, names: &[String]) -> Result<(), KubeError> {
+        if names.is_empty() {
             return Ok(());
         }
-        let started = Instant::now();
-        let until = self.deadline;
-        let crd = self
-            .registry
-            .lookup("apiextensions.k8s.io/v1", "CustomResourceDefinition")
-            .ok_or_else(|| KubeError::Other {
-                context: "CRD mapping".into(),
-                message: "missing from the built-in table".into(),
-            })?;
-        let api: Api<DynamicObject> = Api::all_with(self.cluster.client().clone(), &crd.resource);
-        let base = kube::core::Request::new(api.resource_url());
-        let mut rv = "0".to_string();
-        let not_established = |pending: &BTreeSet<String>| KubeError::NotEstablished {
-            names: pending.iter().cloned().collect(),
-            waited: started.elapsed().min(deadline),
-        };
-        while !pending.is_empty() {
-            let remaining = until.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(not_established(&pending));
-            }
-            // Under the client's 60 s read timeout: an idle watch ends cleanly and is reopened.
-            let wp = WatchParams::default().timeout(remaining.as_secs().clamp(1, 50) as u32);
-            let req = base.watch(&wp, &rv).map_err(|e| KubeError::Other {
-                context: "watch CustomResourceDefinitions".into(),
-                message: e.to_string(),
-            })?;
-            let opened = retry(until, || {
-                let req = clone_request(&req);
-                async {
-                    self.cluster
-                        .client()
-                        .request_events::<CrdState>(req)
-                        .await
-                        .map_err(|e| KubeError::from_kube("watch CustomResourceDefinitions", e))
-                }
-            })
-            .await;
-            let stream = match opened {
-                Ok(s) => s,
-                Err(e) if e.is_transient() => return Err(not_established(&pending)),
-                Err(e) => return Err(e),
-            };
-            let mut stream = std::pin::pin!(stream);
-            loop {
-                let next = match tokio::time::timeout_at(until, stream.next()).await {
-                    Ok(n) => n,
-                    Err(_) => return Err(not_established(&pending)),
-                };
-                match next {
-                    Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
-                        if let Some(v) = o.metadata.resource_version.clone() {
-                            rv = v;
-                        }
-                        if o.status
-                            .conditions
-                            .iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                        {
-                            if let Some(n) = &o.metadata.name {
-                                pending.remove(n);
-                            }
-                            if pending.is_empty() {
-                                return Ok(());
-                            }
-                        }
-                    }
-                    Some(Ok(WatchEvent::Bookmark(b))) => rv = b.metadata.resource_version,
-                    Some(Ok(WatchEvent::Deleted(_))) => {}
-                    Some(Ok(WatchEvent::Error(s))) => {
-                        if s.code == 410 {
-                            rv = "0".into();
-                        }
-                        break;
-                    }
-                    None => break,
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "CRD watch interrupted, reopening");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+        super::established::Waiter::new(self.cluster, names, self.deadline)?
+            .wait(self.cluster.options.watch_timeout)
+            .await
     }
 }
 
 /// `http::Request` is not Clone; retries rebuild it from the parts.
-fn clone_request(req: &http::Request<Vec<u8>>) -> http::Request<Vec<u8>> {
+pub(crate) fn clone_request(req: &http::Request<Vec<u8>>) -> http::Request<Vec<u8>> {
     let mut out = http::Request::new(req.body().clone());
     *out.method_mut() = req.method().clone();
     *out.uri_mut() = req.uri().clone();

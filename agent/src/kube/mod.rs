@@ -9,6 +9,7 @@
 //! mutating request.
 
 mod apply;
+mod established;
 mod flux;
 mod resources;
 mod retry;
@@ -98,11 +99,14 @@ pub enum KubeError {
     #[error("{context}: {message}")]
     Other { context: String, message: String },
     #[error(
-        "CustomResourceDefinitions not Established within {waited:?}: {}; check the API server's log for why they are not served",
-        names.join(", ")
+        "CustomResourceDefinitions not Established within {waited:?}: {}{}; check the API server's log for why they are not served",
+        names.join(", "),
+        if conditions.is_empty() { String::new() } else { format!(" ({})", conditions.join("; ")) }
     )]
     NotEstablished {
         names: Vec<String>,
+        /// `name: Type=Status: message` of each condition that is not True, as last seen.
+        conditions: Vec<String>,
         waited: Duration,
     },
     #[error("{} object(s) could not be applied: {}", failures.len(), failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; "))]
@@ -185,6 +189,9 @@ pub struct ClusterOptions {
     /// `app.kubernetes.io/managed-by: bootstrap-agent`). Objects made by anyone else are never
     /// forced; their conflicts are reported.
     pub force_conflicts: bool,
+    /// How long one CRD watch may stay open before the server ends it (and it is reopened from
+    /// where it stopped). Under the client's 60 s read timeout.
+    pub watch_timeout: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -193,6 +200,7 @@ impl Default for ClusterOptions {
             request_budget: Duration::from_secs(60),
             concurrency: 8,
             force_conflicts: false,
+            watch_timeout: Duration::from_secs(50),
         }
     }
 }
@@ -322,7 +330,7 @@ impl Cluster {
             .filter(|m| m.is_crd())
             .map(|m| m.name().to_string())
             .collect();
-        applier.wait_established(&crds, deadline).await?;
+        applier.wait_established(&crds).await?;
         reports.extend(applier.apply_stage(&rest).await?);
         Ok(reports)
     }
