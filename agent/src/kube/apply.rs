@@ -25,7 +25,7 @@ const GATEWAY_VERSION_ANNOTATION: &str = "gateway.networking.k8s.io/bundle-versi
 /// What the agent reads back from an apply: nothing but the metadata it needs, so that a
 /// 1 MB CRD in the response is skipped rather than built into a tree.
 #[derive(Clone, Debug, Deserialize)]
-struct Applied {}
+pub(crate) struct Applied {}
 
 pub(crate) struct Applier<'a> {
     cluster: &'a Cluster,

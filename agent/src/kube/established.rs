@@ -7,6 +7,14 @@
 //! unless the previous watch was healthy (it delivered events or lasted); a watch that keeps
 //! failing (error events, undecodable events, refused) is given up for polling each pending CRD
 //! by name, also backing off. Nothing here asks the server again without a pause.
+//!
+//! One more thing the real server does: a CRD whose names were accepted but that was not yet
+//! established when the API server stopped stays `Established=False` ("the initial names have
+//! been accepted") after the restart, because the establishing controller is only queued on an
+//! *update* of the CRD (kubernetes `staging/src/k8s.io/apiextensions-apiserver/pkg/apiserver/
+//! customresource_handler.go`, `updateCustomResourceDefinition`), and an object the agent finds
+//! already applied is not updated again. Such a CRD is nudged: an annotation is added and
+//! removed (two updates, the object ends as it was), at most [`MAX_NUDGES`] times.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -27,6 +35,13 @@ const HEALTHY_WATCH: Duration = Duration::from_secs(5);
 /// Reopening after an unhealthy watch: 250 ms doubling to 5 s.
 const REOPEN_FIRST: Duration = Duration::from_millis(250);
 const REOPEN_MAX: Duration = Duration::from_secs(5);
+/// A CRD with its names accepted but not Established for this long is nudged (a
+/// single API server establishes at once; with several, after 5 s).
+const STUCK_AFTER: Duration = Duration::from_secs(10);
+/// Nudges per CRD, each after twice the previous wait.
+const MAX_NUDGES: u32 = 3;
+/// The annotation a nudge adds and removes.
+const NUDGE_ANNOTATION: &str = "bootstrap-agent.io/establish";
 /// Polling pending CRDs: 1 s doubling to 10 s.
 const POLL_FIRST: Duration = Duration::from_secs(1);
 const POLL_MAX: Duration = Duration::from_secs(10);
@@ -35,6 +50,7 @@ const POLL_MAX: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct CrdConditions {
     pub established: bool,
+    pub names_accepted: bool,
     /// `Type=Status: message` of every condition that is not True, for the operator.
     pub not_true: Vec<String>,
 }
@@ -54,6 +70,8 @@ pub(crate) fn conditions(object: &Value) -> CrdConditions {
         let status = c.get("status").and_then(Value::as_str).unwrap_or_default();
         if kind == "Established" && status == "True" {
             out.established = true;
+        } else if kind == "NamesAccepted" && status == "True" {
+            out.names_accepted = true;
         } else if status != "True" {
             let message = c.get("message").and_then(Value::as_str).unwrap_or_default();
             out.not_true.push(format!("{kind}={status}: {message}"));
@@ -83,6 +101,9 @@ pub(crate) struct Waiter<'a> {
     seen: BTreeMap<String, CrdConditions>,
     rv: String,
     deadline: Instant,
+    /// Pending CRDs whose names are accepted but that are not Established: since when, and how
+    /// often they were nudged.
+    stuck: BTreeMap<String, (Instant, u32)>,
 }
 
 impl<'a> Waiter<'a> {
@@ -104,6 +125,7 @@ impl<'a> Waiter<'a> {
             seen: BTreeMap::new(),
             rv: "0".into(),
             deadline,
+            stuck: BTreeMap::new(),
         })
     }
 
@@ -131,8 +153,80 @@ impl<'a> Waiter<'a> {
         if c.established {
             self.pending.remove(name);
             self.seen.remove(name);
+            self.stuck.remove(name);
         } else {
+            if c.names_accepted {
+                self.stuck
+                    .entry(name.to_string())
+                    .or_insert_with(|| (Instant::now(), 0));
+            } else {
+                self.stuck.remove(name);
+            }
             self.seen.insert(name.to_string(), c);
+        }
+    }
+
+    /// When the next nudge is due, if any.
+    fn next_nudge(&self) -> Option<(Instant, String)> {
+        self.stuck
+            .iter()
+            .filter(|(_, (_, n))| *n < MAX_NUDGES)
+            .map(|(name, (since, n))| (*since + STUCK_AFTER * 2u32.pow(*n), name.clone()))
+            .min()
+    }
+
+    /// Adds and removes an annotation on `name`, so that the server sees an update of the CRD
+    /// and queues it for establishing.
+    async fn nudge(&mut self, name: &str) -> Result<(), KubeError> {
+        if let Some((since, n)) = self.stuck.get_mut(name) {
+            *since = Instant::now();
+            *n += 1;
+        }
+        tracing::warn!(
+            crd = name,
+            "names accepted but not Established; asking the API server to establish it again"
+        );
+        let params = kube::api::PatchParams {
+            field_manager: Some(super::FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let url = self.api.resource_url().to_string();
+        let client = self.cluster.client();
+        for value in [serde_json::json!("requested"), Value::Null] {
+            let body = serde_json::json!({"metadata": {"annotations": {NUDGE_ANNOTATION: value}}});
+            let req = kube::core::Request::new(&url)
+                .patch(name, &params, &kube::api::Patch::Merge(&body))
+                .map_err(|e| KubeError::Other {
+                    context: format!("nudge CustomResourceDefinition {name}"),
+                    message: e.to_string(),
+                })?;
+            let context = format!("nudge CustomResourceDefinition {name}");
+            retry(self.deadline, || {
+                let req = super::apply::clone_request(&req);
+                let context = &context;
+                async move {
+                    client
+                        .request::<super::apply::Applied>(req)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| KubeError::from_kube(context, e))
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Nudges every CRD whose nudge is due. A nudge that fails is only logged: the wait goes
+    /// on, and its error names what is not Established.
+    async fn nudge_due(&mut self) {
+        while let Some((at, name)) = self.next_nudge() {
+            if at > Instant::now() {
+                break;
+            }
+            if let Err(e) = self.nudge(&name).await {
+                tracing::warn!(crd = %name, error = %e, "could not nudge the CRD");
+            }
         }
     }
 
@@ -205,8 +299,15 @@ impl<'a> Waiter<'a> {
         let mut stream = std::pin::pin!(stream);
         let mut delivered = false;
         loop {
-            let next = match tokio::time::timeout_at(self.deadline, stream.next()).await {
+            let wake = self
+                .next_nudge()
+                .map_or(self.deadline, |(at, _)| at.min(self.deadline));
+            let next = match tokio::time::timeout_at(wake, stream.next()).await {
                 Ok(n) => n,
+                Err(_) if wake < self.deadline => {
+                    self.nudge_due().await;
+                    continue;
+                }
                 Err(_) => return Ok(WatchEnd::Closed { healthy: true }),
             };
             match next {
@@ -276,6 +377,7 @@ impl<'a> Waiter<'a> {
             if self.pending.is_empty() {
                 return Ok(());
             }
+            self.nudge_due().await;
             if !pause.wait(self.deadline).await {
                 return Err(self.not_established(started.elapsed()));
             }
