@@ -11,16 +11,19 @@
 //! [`ApiServer::restart_etcd`]). No controllers run: tests play them by writing `/status`.
 
 pub mod audit;
+pub mod objects;
 pub mod pki;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
 
+pub use objects::managers;
 use pki::{Identity, Pki};
 
 /// The user the agent connects as.
@@ -73,8 +76,8 @@ pub struct ApiServer {
     pub api_port: u16,
     etcd_port: u16,
     peer_port: u16,
-    etcd: Option<Child>,
-    apiserver: Option<Child>,
+    etcd: Mutex<Option<Child>>,
+    apiserver: Mutex<Option<Child>>,
     agent: Identity,
     admin: Identity,
     markers: AtomicU64,
@@ -122,15 +125,15 @@ impl ApiServer {
         config.connect_timeout = Some(Duration::from_secs(5));
         config.read_timeout = Some(Duration::from_secs(30));
         let client = kube::Client::try_from(config).unwrap_or_else(|e| panic!("client: {e}"));
-        let mut server = ApiServer {
+        let server = ApiServer {
             dir,
             assets,
             pki,
             api_port,
             etcd_port: free_port(),
             peer_port: free_port(),
-            etcd: None,
-            apiserver: None,
+            etcd: Mutex::new(None),
+            apiserver: Mutex::new(None),
             agent,
             admin,
             markers: AtomicU64::new(0),
@@ -180,7 +183,7 @@ impl ApiServer {
     }
 
     /// Starts (or restarts) etcd on its ports, with its data kept across restarts.
-    pub fn start_etcd(&mut self) {
+    pub fn start_etcd(&self) {
         let log = self.log_file("etcd.log");
         let child = Command::new(self.assets.join("etcd"))
             .args([
@@ -208,19 +211,19 @@ impl ApiServer {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start etcd: {e}"));
-        self.etcd = Some(child);
+        *lock(&self.etcd) = Some(child);
     }
 
     /// Kills etcd (SIGKILL) and waits for it to exit.
-    pub fn kill_etcd(&mut self) {
-        if let Some(mut c) = self.etcd.take() {
+    pub fn kill_etcd(&self) {
+        if let Some(mut c) = lock(&self.etcd).take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
     /// Kills etcd and starts it again on the same ports and data.
-    pub fn restart_etcd(&mut self) {
+    pub fn restart_etcd(&self) {
         self.kill_etcd();
         self.start_etcd();
     }
@@ -267,26 +270,26 @@ impl ApiServer {
     }
 
     /// Starts (or restarts) the API server on its port and waits until it is ready.
-    pub async fn start_apiserver(&mut self) {
-        self.apiserver = Some(self.spawn_apiserver());
+    pub async fn start_apiserver(&self) {
+        *lock(&self.apiserver) = Some(self.spawn_apiserver());
         self.wait_ready(Duration::from_secs(90)).await;
     }
 
     /// Kills the API server (SIGKILL) and waits for it to exit; etcd keeps running.
-    pub fn kill_apiserver(&mut self) {
-        if let Some(mut c) = self.apiserver.take() {
+    pub fn kill_apiserver(&self) {
+        if let Some(mut c) = lock(&self.apiserver).take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
     /// Starts the API server again without waiting for it.
-    pub fn spawn_apiserver_again(&mut self) {
-        self.apiserver = Some(self.spawn_apiserver());
+    pub fn spawn_apiserver_again(&self) {
+        *lock(&self.apiserver) = Some(self.spawn_apiserver());
     }
 
     /// Polls `/readyz` (backing off to 500 ms) until it answers `ok`.
-    pub async fn wait_ready(&mut self, within: Duration) {
+    pub async fn wait_ready(&self, within: Duration) {
         let until = tokio::time::Instant::now() + within;
         let mut delay = Duration::from_millis(100);
         loop {
@@ -298,13 +301,11 @@ impl ApiServer {
             {
                 return;
             }
-            for (name, child) in [
-                ("etcd", &mut self.etcd),
-                ("kube-apiserver", &mut self.apiserver),
-            ] {
-                if let Some(c) = child
-                    && let Ok(Some(status)) = c.try_wait()
-                {
+            for (name, child) in [("etcd", &self.etcd), ("kube-apiserver", &self.apiserver)] {
+                let exited = lock(child)
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                if let Some(status) = exited {
                     panic!(
                         "{name} exited ({status}) before the API server was ready:\n{}",
                         tail(&self.dir.path().join(format!("{name}.log")), 40)
@@ -376,7 +377,19 @@ impl Drop for ApiServer {
     fn drop(&mut self) {
         self.kill_apiserver();
         self.kill_etcd();
+        // ENVTEST_KEEP=1 keeps the logs, certificates and audit log for a post-mortem.
+        if std::env::var_os("ENVTEST_KEEP").is_some() {
+            let dir = std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+            );
+            eprintln!("envtest files kept in {}", dir.keep().display());
+        }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn kubeconfig_text(port: u16, ca_pem: &str, id: &Identity) -> String {

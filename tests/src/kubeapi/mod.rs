@@ -33,6 +33,8 @@ struct Faults {
     unavailable_after_mutations: Option<(u64, Duration)>,
     stall: Option<(usize, Duration)>,
     drop_next: usize,
+    /// Watches answered with one ERROR event (500) and closed.
+    watch_errors: usize,
 }
 
 pub(crate) struct Shared {
@@ -294,6 +296,14 @@ impl KubeApi {
     pub fn drop_next(&self, n: usize) {
         if let Ok(mut f) = self.shared.faults.lock() {
             f.drop_next = n;
+        }
+    }
+
+    /// The next `n` watch requests are answered 200 with a single ERROR event carrying a 500
+    /// Status (as the API server does when its storage fails mid-watch), then closed.
+    pub fn fail_watches(&self, n: usize) {
+        if let Ok(mut f) = self.shared.faults.lock() {
+            f.watch_errors = n;
         }
     }
 

@@ -407,6 +407,7 @@ async fn resource(
 
     let Some(name) = name else {
         return match method {
+            Method::GET if query.flag("watch") && take_watch_error(shared) => watch_error(),
             Method::GET if query.flag("watch") => watch(shared, &t, namespace, &query),
             Method::GET => list(shared, &t, namespace, &query, accept),
             Method::POST => create(shared, &t, namespace, body, &manager, dry_run),
@@ -848,6 +849,28 @@ fn list(
             &json!({"kind": format!("{}List", t.kind), "apiVersion": t.api_version(), "metadata": {"resourceVersion": rv}, "items": items}),
         )
     }
+}
+
+fn take_watch_error(shared: &Arc<Shared>) -> bool {
+    let Ok(mut f) = shared.faults.lock() else {
+        return false;
+    };
+    if f.watch_errors == 0 {
+        return false;
+    }
+    f.watch_errors -= 1;
+    shared.faulted.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+/// A watch that fails at once: 200, one ERROR event with a Status, end of stream.
+fn watch_error() -> Response<Body> {
+    let event = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+        "metadata": {}, "status": "Failure", "message": "etcdserver: request timed out",
+        "reason": "InternalError", "code": 500}});
+    let mut line = serde_json::to_vec(&event).unwrap_or_default();
+    line.push(b'\n');
+    respond(StatusCode::OK, "application/json", &Value::Null).map(|_| full(line))
 }
 
 fn watch(
