@@ -452,26 +452,40 @@ def _v1_13_9() -> Model:
     def c(path_lines: str) -> str:
         return f"{TALOS} {ref} {path_lines}"
 
-    # Kinds whose documents are named (they implement config.NamedDocument: a Name() method).
+    # Kinds whose documents are named: every *V1Alpha1 type with a Name() method (config.NamedDocument)
+    # in pkg/machinery/config/types at v1.13.9. Every other registered kind is unnamed.
     named = {
-        "VolumeConfig": c("pkg/machinery/config/types/block/volume_config.go:173"),
-        "UserVolumeConfig": c("pkg/machinery/config/types/block/user_volume_config.go:196"),
-        "RawVolumeConfig": c("pkg/machinery/config/types/block/raw_volume_config.go:101"),
         "ExistingVolumeConfig": c("pkg/machinery/config/types/block/existing_volume_config.go:143"),
         "ExternalVolumeConfig": c("pkg/machinery/config/types/block/external_volume_config.go:131"),
+        "RawVolumeConfig": c("pkg/machinery/config/types/block/raw_volume_config.go:101"),
         "SwapVolumeConfig": c("pkg/machinery/config/types/block/swap_volume_config.go:112"),
+        "UserVolumeConfig": c("pkg/machinery/config/types/block/user_volume_config.go:196"),
+        "VolumeConfig": c("pkg/machinery/config/types/block/volume_config.go:173"),
         "RegistryAuthConfig": c("pkg/machinery/config/types/cri/registry_auth.go:99"),
         "RegistryMirrorConfig": c("pkg/machinery/config/types/cri/registry_mirror.go:126"),
         "RegistryTLSConfig": c("pkg/machinery/config/types/cri/registry_tls.go:122"),
-        "LinkConfig": c("pkg/machinery/config/types/network/link.go:215"),
-        "LinkAliasConfig": c("pkg/machinery/config/types/network/link_alias.go:146"),
-        "DHCPv4Config": c("pkg/machinery/config/types/network/dhcp4.go:117"),
-        "DHCPv6Config": c("pkg/machinery/config/types/network/dhcp6.go:116"),
+        "PCIDriverRebindConfig": c("pkg/machinery/config/types/hardware/pci_driver_rebind_config.go:86"),
+        "BlackholeRouteConfig": c("pkg/machinery/config/types/network/blackhole_route.go:90"),
         "BondConfig": c("pkg/machinery/config/types/network/bond.go:333"),
         "BridgeConfig": c("pkg/machinery/config/types/network/bridge.go:153"),
-        "VLANConfig": c("pkg/machinery/config/types/network/vlan.go:131"),
+        "DHCPv4Config": c("pkg/machinery/config/types/network/dhcp4.go:117"),
+        "DHCPv6Config": c("pkg/machinery/config/types/network/dhcp6.go:116"),
+        "DummyLinkConfig": c("pkg/machinery/config/types/network/dummy.go:105"),
+        "EthernetConfig": c("pkg/machinery/config/types/network/ethernet.go:181"),
+        "HCloudVIPConfig": c("pkg/machinery/config/types/network/hcloud_vip.go:103"),
+        "Layer2VIPConfig": c("pkg/machinery/config/types/network/layer2_vip.go:98"),
+        "LinkConfig": c("pkg/machinery/config/types/network/link.go:215"),
+        "LinkAliasConfig": c("pkg/machinery/config/types/network/link_alias.go:146"),
+        "RoutingRuleConfig": c("pkg/machinery/config/types/network/routing_rule.go:174"),
+        "NetworkRuleConfig": c("pkg/machinery/config/types/network/rule_config.go:150"),
         "StaticHostConfig": c("pkg/machinery/config/types/network/static_host.go:83"),
+        "TCPProbeConfig": c("pkg/machinery/config/types/network/tcp_probe.go:112"),
+        "VLANConfig": c("pkg/machinery/config/types/network/vlan.go:131"),
+        "VRFConfig": c("pkg/machinery/config/types/network/vrf.go:119"),
+        "WireguardConfig": c("pkg/machinery/config/types/network/wireguard.go:168"),
         "ExtensionServiceConfig": c("pkg/machinery/config/types/runtime/extensions/service_config.go:160"),
+        "KmsgLogConfig": c("pkg/machinery/config/types/runtime/kmsg_log.go:88"),
+        "TrustedRootsConfig": c("pkg/machinery/config/types/security/trusted_roots.go:85"),
     }
 
     # Where the generated configuration and our patches both set a field: its Go type decides
