@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -92,7 +92,6 @@ class Model:
     validators: dict[str, Callable[[Doc], list[tuple[str, str, str]]]]
     generator_undocumented: dict[tuple[str, str], str]
     generate: Callable[["GenerateInputs"], list[Doc]]
-    source_notes: list[str] = field(default_factory=list)
 
     def cite(self, path_lines: str) -> str:
         return f"{TALOS} {self.ref} {path_lines}"

@@ -132,7 +132,7 @@ def test_other_v1alpha1_fields_conflict_with_our_documents(root, talos_fixtures,
     assert any(p.rule.startswith(rule) and p.message == message for p in problems), render_problems(problems)
 
 
-def test_a_hostname_without_auto_off_is_rejected_after_the_merge(root, talos_fixtures, tmp_path):
+def test_a_hostname_without_auto_off_is_rejected_after_the_merge(root, talos_fixtures):
     """The generated HostnameConfig says auto: stable; a patch that only adds the hostname keeps it."""
     ev = evaluator(root)
     model = tm.model_for(ev.local("talos_version"))

@@ -9,7 +9,6 @@ cannot read it (the committed imager profiles, the Cargo workspace version, talo
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import stat

@@ -24,7 +24,6 @@ with it and compares.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
