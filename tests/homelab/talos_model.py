@@ -7,8 +7,11 @@ Nothing here runs Talos. Each rule is read from Talos's source at the pinned tag
 
 The pipeline is the one ``talos_machine_configuration`` runs (terraform-provider-talos v0.11.0,
 pkg/talos/util.go:55-131): generate the documents for the version contract, load every patch
-(configpatcher.LoadPatches), apply them in order (configpatcher.Apply, strategic merge), then the
-node validates the result (container.Validate).
+(configpatcher.LoadPatches, pkg/machinery/config/configpatcher/load.go:78-132), apply them in order
+(bundle.ApplyPatches, pkg/machinery/config/bundle/bundle.go:217-233 at the provider's v1.13.0:
+configpatcher.Apply, apply.go:80-111, strategic merge), then the node validates the result
+(container.Validate). The generator, patcher, merge and container code is the same at v1.13.0
+and v1.13.9 but for one line of container.go.
 
 - ``decode``: configloader's decoder (pkg/machinery/config/configloader/internal/decoder/decoder.go)
 - ``generated``: the documents the generator emits for the version contract
