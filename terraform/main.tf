@@ -7,9 +7,20 @@
 # TPM-sealed LUKS2 keys and reboots with the static IP -> the bootstrap agent
 # (a Talos extension service) bootstraps etcd, unseals the SOPS key, installs
 # Flux and waits until it is Ready. There is deliberately no
-# talos_machine_bootstrap resource: the node bootstraps itself.
+# talos_machine_bootstrap resource: the node bootstraps itself. Once Talos is
+# installed, talos_iso_attached = false ejects and deletes the ISO.
 
 locals {
+  # One source of truth for versions (Talos, Kubernetes, the extension, the installer): the file
+  # the Makefile, image-factory and Renovate read too.
+  versions           = yamldecode(file("${path.module}/../image-factory/versions.yaml"))
+  talos_version      = local.versions.talos
+  kubernetes_version = local.versions.kubernetes
+  # What `make push-installer` pushes (Makefile: INSTALLER_IMAGE).
+  installer_image = "${local.versions.installer}:${local.versions.talos}-bootstrap-agent.${local.versions.extension}"
+  # What `make image` writes (Makefile: ISO; imager's name for a SecureBoot metal ISO).
+  talos_iso_path = "${path.module}/../_out/metal-amd64-secureboot.iso"
+
   cluster_endpoint = "https://${var.node_ip}:6443"
   node_cidr        = "${var.node_ip}/${var.node_prefix_length}"
 
@@ -42,8 +53,10 @@ locals {
         sealed    = trimspace(var.sops_age_key_sealed)
       },
     ]
+    # The bundle the extension embeds, as the service sees it: its root is
+    # /usr/local/lib/containers/bootstrap-agent on the host.
     bundle = {
-      dir = "/usr/local/lib/containers/bootstrap-agent/bundle"
+      dir = "/bundle"
     }
     flux = {
       url      = var.flux_git_url
@@ -54,71 +67,49 @@ locals {
     status = "/var/lib/bootstrap-agent/status.json"
   }
 
+  # The machine-configuration patches, one YAML template each (terraform/patches/), written for
+  # the Talos version pinned above: multi-document configuration where that version has it.
+  # tests/homelab/test_talos_config.py renders them, merges them onto the documents Talos's
+  # generator emits and checks the result against that version's schema and conflict rules.
   config_patches = [
-    yamlencode({
-      machine = {
-        install = {
-          disk  = var.install_disk
-          image = "${var.talos_installer_repository}:${var.talos_version}"
-          wipe  = false
-        }
-        network = {
-          hostname    = var.vm_name
-          nameservers = var.nameservers
-          interfaces = [
-            {
-              deviceSelector = { hardwareAddr = lower(var.mac_address) }
-              dhcp           = false
-              addresses      = [local.node_cidr]
-              routes         = [{ network = "0.0.0.0/0", gateway = var.gateway }]
-            },
-          ]
-        }
-      }
-      cluster = {
-        # Single node: workloads run on the control plane.
-        allowSchedulingOnControlPlanes = true
-      }
+    templatefile("${path.module}/patches/install.yaml.tftpl", {
+      install_disk    = var.install_disk
+      installer_image = local.installer_image
     }),
-    # LUKS2 on STATE and EPHEMERAL, keys sealed to the vTPM (PCR 7 + Talos's
-    # signed PCR 11 policy).
-    yamlencode({
-      apiVersion = "v1alpha1"
-      kind       = "VolumeConfig"
-      name       = "STATE"
-      encryption = { provider = "luks2", keys = [{ slot = 0, tpm = {} }] }
+    templatefile("${path.module}/patches/network.yaml.tftpl", {
+      hostname      = var.vm_name
+      nameservers   = [for ns in var.nameservers : { address = ns }]
+      link_selector = "mac(link.permanent_addr) == \"${lower(var.mac_address)}\""
+      address       = local.node_cidr
+      gateway       = var.gateway
     }),
-    yamlencode({
-      apiVersion = "v1alpha1"
-      kind       = "VolumeConfig"
-      name       = "EPHEMERAL"
-      encryption = { provider = "luks2", keys = [{ slot = 0, tpm = {} }] }
-    }),
-    yamlencode({
-      apiVersion = "v1alpha1"
-      kind       = "ExtensionServiceConfig"
-      name       = "bootstrap-agent"
-      configFiles = [
-        {
-          content   = yamlencode(local.agent_config)
-          mountPath = "/usr/local/etc/bootstrap-agent/config.yaml"
-        },
-      ]
-      environment = ["RUST_LOG=info"]
+    templatefile("${path.module}/patches/disk-encryption.yaml.tftpl", {}),
+    templatefile("${path.module}/patches/bootstrap-agent.yaml.tftpl", {
+      agent_config = yamlencode(local.agent_config)
     }),
   ]
 }
 
 # ---------------------------------------------------------------- image and VM
 
+# Only while the VM needs it to install (talos_iso_attached): afterwards it is deleted, so our
+# signed image cannot be booted with another machine configuration.
 resource "proxmox_virtual_environment_file" "talos_iso" {
+  count        = var.talos_iso_attached ? 1 : 0
   content_type = "iso"
   datastore_id = var.iso_datastore
   node_name    = var.proxmox_node
 
   source_file {
-    path      = var.talos_iso_path
-    file_name = "talos-${var.talos_version}-bootstrap-agent-secureboot.iso"
+    path      = local.talos_iso_path
+    file_name = "talos-${local.talos_version}-bootstrap-agent.${local.versions.extension}-secureboot.iso"
+  }
+
+  lifecycle {
+    precondition {
+      condition     = fileexists(local.talos_iso_path)
+      error_message = "${local.talos_iso_path} does not exist: build it with `make image BUNDLE=target/bundle` (README, step 3)."
+    }
   }
 }
 
@@ -126,7 +117,7 @@ resource "proxmox_virtual_environment_vm" "talos" {
   name            = var.vm_name
   node_name       = var.proxmox_node
   vm_id           = var.vm_id
-  description     = "Talos ${var.talos_version} (bootstrap-agent), managed by Terraform"
+  description     = "Talos ${local.talos_version} (bootstrap-agent ${local.versions.extension}), managed by Terraform"
   tags            = ["talos", "terraform"]
   machine         = "q35"
   bios            = "ovmf"
@@ -181,9 +172,13 @@ resource "proxmox_virtual_environment_vm" "talos" {
     ssd          = true
   }
 
+  # Our ISO until Talos has installed itself; then file_id "none", which empties the drive in
+  # place (bpg/proxmox v0.111.1: docs/resources/virtual_environment_vm.md:169-177, "Use `none` to
+  # leave the CD-ROM drive empty"; proxmoxtf/resource/vm/vm.go:6334-6378 rewrites the drive on a
+  # change, no reboot).
   cdrom {
     interface = "ide2"
-    file_id   = proxmox_virtual_environment_file.talos_iso.id
+    file_id   = try(proxmox_virtual_environment_file.talos_iso[0].id, "none")
   }
 
   network_device {
@@ -202,9 +197,9 @@ resource "proxmox_virtual_environment_vm" "talos" {
     # Replacing the VM would destroy the vTPM state and with it every sealed
     # key. Remove this guard deliberately to rebuild from scratch.
     prevent_destroy = true
-    # A new ISO or a changed TPM/EFI block must never turn into a replacement:
-    # Talos upgrades itself from the installer image (talos_installer_repository).
-    ignore_changes = [tpm_state, efi_disk, cdrom]
+    # A changed TPM/EFI block must never turn into a replacement. Talos upgrades itself from
+    # the installer image (image-factory/versions.yaml); the CD-ROM changes in place.
+    ignore_changes = [tpm_state, efi_disk]
 
     precondition {
       condition     = cidrhost("${var.gateway}/${var.node_prefix_length}", 0) == cidrhost(local.node_cidr, 0)
@@ -216,7 +211,7 @@ resource "proxmox_virtual_environment_vm" "talos" {
 # ---------------------------------------------------------------- Talos
 
 resource "talos_machine_secrets" "this" {
-  talos_version = var.talos_version
+  talos_version = local.talos_version
 
   lifecycle {
     # New secrets mean a new cluster; a Talos upgrade must not regenerate them.
@@ -229,11 +224,18 @@ data "talos_machine_configuration" "this" {
   cluster_endpoint   = local.cluster_endpoint
   machine_type       = "controlplane"
   machine_secrets    = talos_machine_secrets.this.machine_secrets
-  talos_version      = var.talos_version
-  kubernetes_version = var.kubernetes_version
+  talos_version      = local.talos_version
+  kubernetes_version = local.kubernetes_version
   config_patches     = local.config_patches
   docs               = false
   examples           = false
+
+  lifecycle {
+    precondition {
+      condition     = can(regex("^v1\\.13\\.[0-9]+$", local.talos_version))
+      error_message = "image-factory/versions.yaml: talos is ${local.talos_version}; the patches in terraform/patches/ are written for released Talos 1.13 versions (1.14's generator emits documents they conflict with: adapt them and their model in tests/homelab/talos_model.py first)."
+    }
+  }
 }
 
 # First configuration: at the DHCP address, while Talos runs from the ISO in
@@ -271,7 +273,10 @@ data "talos_client_configuration" "this" {
   nodes                = [var.node_ip]
 }
 
-# Served once the agent has bootstrapped the cluster.
+# machined generates the admin kubeconfig from the cluster CA in the machine configuration
+# (Talos v1.13.9 internal/app/machined/internal/server/v1alpha1/v1alpha1_server.go:1260-1300): it
+# is served as soon as the installed node answers at its static IP, before etcd or the API server
+# exist. It says nothing about the agent or the cluster; `bootstrap-agent status` does.
 resource "talos_cluster_kubeconfig" "this" {
   client_configuration = talos_machine_secrets.this.client_configuration
   node                 = var.node_ip

@@ -110,36 +110,13 @@ variable "mac_address" {
 }
 
 # ---------------------------------------------------------------- Talos image
+# Versions (Talos, Kubernetes, the extension) and the installer's repository are not variables:
+# image-factory/versions.yaml holds them for the Makefile, image-factory, Renovate and Terraform.
 
-variable "talos_version" {
-  description = "Talos version of the image and the machine configuration."
-  type        = string
-  # renovate: datasource=github-releases depName=siderolabs/talos
-  default = "v1.14.0"
-  validation {
-    condition     = can(regex("^v1\\.(1[2-9]|[2-9][0-9])\\.[0-9]+$", var.talos_version))
-    error_message = "talos_version must be vMAJOR.MINOR.PATCH and at least v1.12.0 (the agent's ExtensionServiceConfig and embedded configuration need 1.12)."
-  }
-}
-
-variable "talos_iso_path" {
-  description = "Path of the SecureBoot ISO built by image-factory/ (Talos with the bootstrap-agent extension, signed with our keys)."
-  type        = string
-  default     = "../out/talos-secureboot-amd64.iso"
-  validation {
-    condition     = endswith(var.talos_iso_path, ".iso")
-    error_message = "talos_iso_path must name an .iso file."
-  }
-}
-
-variable "talos_installer_repository" {
-  description = "Repository of the installer image built by image-factory/ (same extensions and SecureBoot keys as the ISO); Talos installs and upgrades from <repository>:<talos_version>."
-  type        = string
-  default     = "ghcr.io/catinthehack/installer-secureboot"
-  validation {
-    condition     = can(regex("^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+$", var.talos_installer_repository))
-    error_message = "talos_installer_repository must be a registry repository without tag or digest (the tag is talos_version)."
-  }
+variable "talos_iso_attached" {
+  description = "Keep our SecureBoot ISO in the VM's CD-ROM drive. Needed until Talos has installed itself to disk (the first apply); set it to false afterwards (README, step 5): the drive is emptied in place and the uploaded ISO deleted, so nobody can boot our signed image with another machine configuration. Set it to true again only to reinstall from scratch."
+  type        = bool
+  default     = true
 }
 
 variable "install_disk" {
@@ -161,16 +138,6 @@ variable "cluster_name" {
   validation {
     condition     = can(regex("^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", var.cluster_name))
     error_message = "cluster_name must be lower-case letters, digits and '-'."
-  }
-}
-
-variable "kubernetes_version" {
-  description = "Kubernetes version; null uses the default of the Talos version."
-  type        = string
-  default     = null
-  validation {
-    condition     = var.kubernetes_version == null || can(regex("^v?1\\.[0-9]+\\.[0-9]+$", coalesce(var.kubernetes_version, "1.0.0")))
-    error_message = "kubernetes_version must be null or 1.MINOR.PATCH."
   }
 }
 

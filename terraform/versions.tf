@@ -6,9 +6,11 @@ terraform {
       source  = "bpg/proxmox"
       version = "0.111.1"
     }
+    # 0.11.0 is the newest release (0.12 exists only as alpha builds on Talos 1.14 alphas); it is
+    # built on Talos machinery v1.13.0, whose generator, patcher and merge code equal v1.13.9's.
     talos = {
       source  = "siderolabs/talos"
-      version = "0.12.0"
+      version = "0.11.0"
     }
   }
 }

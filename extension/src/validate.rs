@@ -2,12 +2,13 @@
 //!
 //! Talos's own checks (pkg/machinery/extensions): the root holds exactly `manifest.yaml` and
 //! `rootfs/`; `version: v1alpha1`; the compatibility constraint parses as a semver range; every
-//! non-directory under `rootfs/` sits below an allowed prefix (`/etc/cri/conf.d`,
-//! `/lib/firmware`, `/usr/local`); nothing world-writable; no special files. Service specs in
-//! `/usr/local/etc/containers/*.yaml`: name `^[-_a-z0-9]+$`, a valid restart kind, a non-empty
-//! entrypoint, each `depends` entry with exactly one kind. Beyond Talos we check what would fail
-//! only on the node: the entrypoint exists in the service's root, is executable and is a static
-//! ELF. Every finding names the path and the rule; all findings are reported, not just the first.
+//! non-directory under `rootfs/` starts with one of Talos's allowed paths
+//! ([`TALOS_ALLOWED_PATHS`], read from the pinned Talos version); nothing world-writable; no
+//! special files. Service specs in `/usr/local/etc/containers/*.yaml`: name `^[-_a-z0-9]+$`, a
+//! valid restart kind, a non-empty entrypoint, each `depends` entry with exactly one kind. Beyond
+//! Talos we check what would fail only on the node: the entrypoint exists in the service's root,
+//! is executable and is a static ELF. Every finding names the path and the rule; all findings are
+//! reported, not just the first.
 
 use std::fmt;
 use std::path::Path;
@@ -85,25 +86,65 @@ impl fmt::Display for Finding {
     }
 }
 
+/// How a path is compared with an allowed prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefixMatch {
+    /// A plain string prefix, as Talos compares (`/usr/localx` starts with `/usr/local`):
+    /// pkg/machinery/extensions/validate.go:153-169 at v1.13.9 (`strings.HasPrefix`; the
+    /// `filepath.Rel` after it never fails for two absolute paths).
+    Text,
+    /// The prefix itself or a path below it, component by component.
+    PathComponent,
+}
+
 /// Which rules apply beyond Talos's own.
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// Prefixes (absolute, inside `rootfs/`) under which files may live.
     pub allowed_prefixes: Vec<&'static str>,
+    /// How a path is compared with them.
+    pub prefix_match: PrefixMatch,
     /// A service spec that must be present (by service name).
     pub required_service: Option<&'static str>,
     /// Reject `writeableRootfs` / `writeableSysfs` and a missing compatibility range.
     pub least_privilege: bool,
 }
 
-/// Talos's allowed-path list (pkg/machinery/extensions/extensions.go).
-pub const TALOS_ALLOWED_PATHS: &[&str] = &["/etc/cri/conf.d", "/lib/firmware", "/usr/local"];
+/// The Talos version [`TALOS_ALLOWED_PATHS`] was read from: the pinned one
+/// (image-factory/versions.yaml; a test fails when they differ, so a Talos upgrade re-reads it).
+pub const TALOS_ALLOWED_PATHS_VERSION: &str = "v1.13.9";
+
+/// Talos's allowed paths, `AllowedPaths` in pkg/machinery/extensions/extensions.go:11-35 at
+/// [`TALOS_ALLOWED_PATHS_VERSION`]. Firmware lives under `/usr/lib/firmware` (the old
+/// `/lib/firmware` is not allowed since Talos 1.11).
+pub const TALOS_ALLOWED_PATHS: &[&str] = &[
+    "/etc/cri/conf.d",
+    "/usr/lib/firmware",
+    "/usr/lib/modules",
+    "/usr/lib/ld-linux-x86-64.so.2",
+    "/usr/lib/ld-linux-aarch64.so.1",
+    "/usr/bin/ldconfig",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.cache",
+    "/usr/bin/nvidia-modprobe",
+    "/usr/bin/nvidia-pcc",
+    "/usr/bin/nvidia-smi",
+    "/usr/bin/nvidia-ctk",
+    "/usr/bin/nvidia-cdi-hook",
+    "/usr/bin/nvme",
+    "/usr/lib/udev/rules.d",
+    "/usr/local",
+    "/usr/share/glvnd",
+    "/usr/share/egl",
+    "/etc/vulkan",
+];
 
 impl Policy {
     /// Exactly Talos's rules: any extension that passes loads on a node.
     pub fn talos() -> Policy {
         Policy {
             allowed_prefixes: TALOS_ALLOWED_PATHS.to_vec(),
+            prefix_match: PrefixMatch::Text,
             required_service: None,
             least_privilege: false,
         }
@@ -114,6 +155,7 @@ impl Policy {
     pub fn bootstrap_agent() -> Policy {
         Policy {
             allowed_prefixes: vec!["/usr/local"],
+            prefix_match: PrefixMatch::PathComponent,
             required_service: Some("bootstrap-agent"),
             least_privilege: true,
         }
@@ -276,7 +318,10 @@ pub fn validate_tree(tree: &Tree, policy: &Policy) -> Vec<Finding> {
             let allowed = policy
                 .allowed_prefixes
                 .iter()
-                .any(|p| abs == *p || abs.starts_with(&format!("{p}/")));
+                .any(|p| match policy.prefix_match {
+                    PrefixMatch::Text => abs.starts_with(p),
+                    PrefixMatch::PathComponent => abs == *p || abs.starts_with(&format!("{p}/")),
+                });
             if !allowed {
                 add(
                     path,

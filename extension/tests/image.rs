@@ -296,17 +296,81 @@ fn path_outside_usr_local_is_rejected() {
         ),
         "{ours:?}"
     );
-    // Talos itself allows /lib/firmware, but never /etc outside /etc/cri/conf.d.
+    // Talos rejects both too: /lib/firmware left its list before 1.12 (firmware goes to
+    // /usr/lib/firmware), and /etc only holds /etc/cri/conf.d and the loader files.
     let talos = check_both_forms(&t, &Policy::talos());
-    assert_eq!(talos.len(), 1, "{talos:?}");
+    assert_eq!(talos.len(), 2, "{talos:?}");
+    for path in ["rootfs/etc/passwd", "rootfs/lib/firmware/blob.bin"] {
+        assert!(
+            has(&talos, path, Rule::AllowedPath, "/usr/lib/firmware"),
+            "{talos:?}"
+        );
+    }
+}
+
+/// Talos's list at the pinned version (pkg/machinery/extensions/extensions.go:11-35), compared
+/// as Talos compares (validate.go:153-169): a plain string prefix.
+#[test]
+fn talos_allows_exactly_its_list_of_paths() {
+    let mut t = good_tree();
+    for allowed in [
+        "rootfs/usr/lib/firmware/vendor/blob.bin",
+        "rootfs/usr/lib/modules/6.18.0-talos/extra/x.ko",
+        "rootfs/usr/lib/udev/rules.d/99-x.rules",
+        "rootfs/etc/cri/conf.d/20-runtime.part",
+        "rootfs/usr/bin/nvme",
+        "rootfs/usr/lib/ld-linux-x86-64.so.2",
+        "rootfs/etc/vulkan/icd.d/x.json",
+        // String prefixes, as Talos compares them.
+        "rootfs/etc/ld.so.conf.d/x.conf",
+        "rootfs/usr/localextra/x",
+    ] {
+        t.add_file(allowed, b"x".to_vec(), 0o644);
+    }
+    assert_eq!(check_both_forms(&t, &Policy::talos()), vec![]);
+    // Ours is stricter: /usr/local and below, component by component.
+    let ours = check_both_forms(&t, &Policy::bootstrap_agent());
     assert!(
         has(
-            &talos,
-            "rootfs/etc/passwd",
+            &ours,
+            "rootfs/usr/localextra/x",
             Rule::AllowedPath,
-            "/etc/cri/conf.d"
+            "/usr/local"
         ),
+        "{ours:?}"
+    );
+    assert_eq!(ours.len(), 9, "{ours:?}");
+
+    let mut t = good_tree();
+    for refused in [
+        "rootfs/lib/firmware/x.bin",
+        "rootfs/usr/lib/x.so",
+        "rootfs/usr/bin/sh",
+    ] {
+        t.add_file(refused, b"x".to_vec(), 0o644);
+    }
+    let talos = check_both_forms(&t, &Policy::talos());
+    assert_eq!(talos.len(), 3, "{talos:?}");
+    assert!(
+        talos.iter().all(|f| f.rule == Rule::AllowedPath),
         "{talos:?}"
+    );
+}
+
+/// The list was read at the Talos version the image is built for.
+#[test]
+fn talos_allowed_paths_come_from_the_pinned_version() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image-factory/versions.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let pinned = text
+        .lines()
+        .find_map(|l| l.strip_prefix("talos:"))
+        .map(str::trim)
+        .unwrap();
+    assert_eq!(
+        validate::TALOS_ALLOWED_PATHS_VERSION,
+        pinned,
+        "Talos is pinned to {pinned}: re-read AllowedPaths in its pkg/machinery/extensions/extensions.go and update TALOS_ALLOWED_PATHS"
     );
 }
 

@@ -7,8 +7,9 @@
 
 use serde::Serialize;
 
-/// Default Talos version the images are built for.
-pub const DEFAULT_TALOS_VERSION: &str = "v1.13.9";
+/// Default Talos version the images are built for: `talos` in `image-factory/versions.yaml`, the
+/// repository's one source of versions (read by `build.rs`).
+pub const DEFAULT_TALOS_VERSION: &str = env!("PINNED_TALOS_VERSION");
 /// Where imager finds our extension's OCI layout.
 pub const EXTENSION_MOUNT: &str = "/extension";
 /// Where imager finds the SecureBoot keys (`talosctl gen secureboot ...` output).

@@ -124,6 +124,19 @@ fn committed_profiles_are_what_the_tool_renders() {
     }
 }
 
+/// The default Talos version is the one `versions.yaml` pins (read by build.rs line by line;
+/// here through a YAML parser, so a layout build.rs misreads fails).
+#[test]
+fn default_talos_version_is_the_pinned_one() {
+    let versions: std::collections::BTreeMap<String, String> =
+        serde_saphyr::from_str(&crate_file("versions.yaml")).unwrap();
+    assert_eq!(
+        versions.get("talos").map(String::as_str),
+        Some(profile::DEFAULT_TALOS_VERSION),
+        "versions.yaml and image-factory disagree"
+    );
+}
+
 type Handler = Arc<dyn Fn(&str, &str, &[u8]) -> (StatusCode, String) + Send + Sync>;
 
 /// A loopback HTTP server; returns its base URL and a request counter.

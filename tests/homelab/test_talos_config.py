@@ -1,0 +1,220 @@
+"""The machine configuration Terraform renders is one Talos accepts, checked offline.
+
+terraform/main.tf's patches are rendered as Terraform would (tfeval.py: templatefile and the HCL
+expressions feeding it), merged onto the documents the pinned Talos version's generator emits,
+and checked against that version's schema and rules (talos_model.py, every rule cited to Talos's
+source). The pinned version is the one in image-factory/versions.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+import talos_model as tm
+import tfeval
+
+SEALED = "-----BEGIN AGE ENCRYPTED FILE-----\nYWdlLWVuY3J5cHRpb24ub3JnL3YxCg==\n-----END AGE ENCRYPTED FILE-----\n"
+
+
+@pytest.fixture(scope="module")
+def talos_fixtures(fixtures: Path) -> Path:
+    tm.set_fixtures(fixtures)
+    return fixtures
+
+
+def evaluator(root: Path, **overrides) -> tfeval.Evaluator:
+    values = {"sops_age_recipient": "age1" + "q" * 58, **overrides}
+    return tfeval.Evaluator(root / "terraform", values)
+
+
+def rendered(ev: tfeval.Evaluator) -> list[tuple[str, str]]:
+    """(origin, text) of every patch in local.config_patches, in order."""
+    texts = ev.local("config_patches")
+    assert len(ev.template_calls) == len(texts), "every machine-config patch must be a templatefile() of terraform/patches/"
+    return [(str(path.relative_to(ev.dir.parent)), text) for (path, _vars), text in zip(ev.template_calls, texts)]
+
+
+def pipeline(ev: tfeval.Evaluator, extra: list[tuple[str, str]] = ()) -> tuple[tm.Model, list[tm.Doc], list[tm.Problem]]:
+    model = tm.model_for(ev.local("talos_version"))
+    inputs = tm.GenerateInputs(
+        cluster_name=ev.var("cluster_name", "test"),
+        endpoint=ev.local("cluster_endpoint"),
+        kubernetes_version=ev.local("kubernetes_version"),
+    )
+    docs, problems = tm.apply_patches(model, inputs, rendered(ev) + list(extra))
+    return model, docs, problems
+
+
+def render_problems(problems: list[tm.Problem]) -> str:
+    return "\n" + "\n".join(str(p) for p in problems)
+
+
+# ----------------------------------------------------------------------------- the real patches
+
+
+@pytest.mark.parametrize("sealed", ["", SEALED], ids=["first-boot", "sealed-key"])
+def test_rendered_patches_are_accepted_by_the_pinned_talos(root, talos_fixtures, sealed):
+    ev = evaluator(root, sops_age_key_sealed=sealed)
+    model, docs, problems = pipeline(ev)
+    assert problems == [], render_problems(problems)
+    labels = [d.label for d in docs]
+    # Multi-document configuration where the pinned version has it.
+    for label in ("HostnameConfig", "ResolverConfig", "LinkAliasConfig/lan0", "LinkConfig/lan0",
+                  "VolumeConfig/STATE", "VolumeConfig/EPHEMERAL", "ExtensionServiceConfig/bootstrap-agent"):
+        assert label in labels, labels
+    v1 = docs[0].body
+    assert "network" not in v1["machine"], "machine.network is deprecated and undocumented in Talos 1.13: use the multi-doc documents"
+    hostname = next(d for d in docs if d.kind == "HostnameConfig").body
+    assert hostname["auto"] == "off" and hostname["hostname"] == ev.var("vm_name", "test")
+    assert v1["machine"]["install"]["image"] == ev.local("installer_image")
+
+
+def test_every_patch_document_is_documented_in_the_pinned_schema(root, talos_fixtures):
+    """Each document as rendered, before any merge: only fields the schema documents."""
+    ev = evaluator(root, sops_age_key_sealed=SEALED)
+    model = tm.model_for(ev.local("talos_version"))
+    problems = []
+    for origin, text in rendered(ev):
+        for doc in tm.decode(model, text, origin):
+            problems += tm.schema_problems(model, doc)
+    assert problems == [], render_problems(problems)
+
+
+def test_the_agent_configuration_reaches_the_extension_service(root, talos_fixtures):
+    ev = evaluator(root, sops_age_key_sealed=SEALED)
+    _model, docs, _problems = pipeline(ev)
+    esc = next(d for d in docs if d.kind == "ExtensionServiceConfig").body
+    assert esc["name"] == "bootstrap-agent"
+    (config_file,) = esc["configFiles"]
+    assert config_file["mountPath"] == "/usr/local/etc/bootstrap-agent/config.yaml"
+    agent = yaml.safe_load(config_file["content"])
+    assert agent["bundle"]["dir"] == "/bundle", "the bundle sits at /bundle inside the service's root"
+    assert agent["secrets"] == [{"namespace": "flux-system", "name": "sops-age", "key": "age.agekey", "sealed": SEALED.strip()}]
+    assert agent["talos"]["socket"] == "/system/run/machined/machine.sock"
+
+
+# ----------------------------------------------------------------------------- rules that must bite
+
+
+def test_a_static_hostname_in_v1alpha1_fails_naming_the_rule(root, talos_fixtures):
+    ev = evaluator(root)
+    bad = ("conflicting.yaml", "machine:\n  network:\n    hostname: talos\n")
+    _model, _docs, problems = pipeline(ev, [bad])
+    conflicts = [p for p in problems if p.rule.startswith("conflict HostnameConfig")]
+    assert len(conflicts) == 1, render_problems(problems)
+    (p,) = conflicts
+    assert p.message == "static hostname is already set in v1alpha1 config"
+    assert p.rule == "conflict HostnameConfig vs v1alpha1 machine.network.hostname / machine.features.stableHostname"
+    assert p.source.endswith("v1.13.9 pkg/machinery/config/types/network/hostname.go:150-161")
+    assert "conflicting.yaml" in p.where
+    # machine.network is not in the 1.13.9 schema either.
+    assert any(q.rule == "schema" and "network" in q.message for q in problems), render_problems(problems)
+
+
+@pytest.mark.parametrize(
+    "patch, rule, message",
+    [
+        ("machine:\n  network:\n    nameservers: [1.1.1.1]\n", "conflict ResolverConfig", ".machine.network.nameservers is already set in v1alpha1 config"),
+        ("machine:\n  features:\n    stableHostname: true\n", "conflict HostnameConfig", "stable hostname is already set in v1alpha1 config"),
+        ("machine:\n  systemDiskEncryption:\n    state:\n      provider: luks2\n", "conflict VolumeConfig",
+         'system disk encryption for "STATE" is configured in both v1alpha1.Config and VolumeConfig'),
+    ],
+    ids=["nameservers", "stable-hostname", "system-disk-encryption"],
+)
+def test_other_v1alpha1_fields_conflict_with_our_documents(root, talos_fixtures, patch, rule, message):
+    _model, _docs, problems = pipeline(evaluator(root), [("conflicting.yaml", patch)])
+    assert any(p.rule.startswith(rule) and p.message == message for p in problems), render_problems(problems)
+
+
+def test_a_hostname_without_auto_off_is_rejected_after_the_merge(root, talos_fixtures):
+    """The generated HostnameConfig says auto: stable; a patch that only adds the hostname keeps it."""
+    ev = evaluator(root)
+    model = tm.model_for(ev.local("talos_version"))
+    inputs = tm.GenerateInputs("homelab", "https://192.0.2.1:6443", ev.local("kubernetes_version"))
+    patch = ("hostname-only.yaml", "apiVersion: v1alpha1\nkind: HostnameConfig\nhostname: talos\n")
+    _docs, problems = tm.apply_patches(model, inputs, [patch])
+    assert [p.message for p in problems] == ["'auto' and 'hostname' cannot be set at the same time"], render_problems(problems)
+    assert problems[0].source.endswith("pkg/machinery/config/types/network/hostname.go:115-148")
+
+
+def test_a_document_the_pinned_version_does_not_know_is_refused(root, talos_fixtures):
+    """Talos 1.14's KubeNodeConfig does not exist in 1.13: the decoder refuses it."""
+    patch = ("future.yaml", "apiVersion: v1alpha1\nkind: KubeNodeConfig\n")
+    with pytest.raises(tm.TalosConfigError) as err:
+        pipeline(evaluator(root), [patch])
+    (p,) = err.value.problems
+    assert p.rule == "not-registered" and "KubeNodeConfig" in p.message and "future.yaml" in p.where
+
+
+def test_an_unmodelled_merge_is_refused_not_guessed(root, talos_fixtures):
+    patch = ("kubelet.yaml", "machine:\n  kubelet:\n    image: ghcr.io/siderolabs/kubelet:v1.36.0\n")
+    with pytest.raises(tm.MergeError, match=r"v1alpha1 machine\.kubelet is set by the generated configuration and by the patch"):
+        pipeline(evaluator(root), [patch])
+
+
+def test_link_kinds_conflict_by_name(root, talos_fixtures):
+    patch = ("bond.yaml", "apiVersion: v1alpha1\nkind: BondConfig\nname: lan0\nlinks: [eth0]\nbondMode: active-backup\n")
+    with pytest.raises(tm.TalosConfigError) as err:
+        pipeline(evaluator(root), [patch])
+    assert any(p.rule == "conflicting-documents" and "LinkConfig/lan0 and BondConfig/lan0" in p.message for p in err.value.problems)
+
+
+def test_an_unpinned_version_has_no_model():
+    with pytest.raises(tm.TalosConfigError, match="no offline model of Talos v1.14.0"):
+        tm.model_for("v1.14.0")
+
+
+# ----------------------------------------------------------------------------- templatefile subset
+
+
+@pytest.mark.parametrize(
+    "template, variables, message",
+    [
+        ("a: ${jsonencode(x)}\n%{ if x }b%{ endif }\n", {"x": 1}, "template directive"),
+        ("a: ${upper(x)}\n", {"x": "v"}, "not in the supported template subset"),
+        ("a: ${x}\n", {"x": ["list"]}, "string required"),
+        ("a: ${y}\n", {"x": "v"}, 'vars map does not contain key "y"'),
+        ("a: ${x}\n", {"x": "v", "unused": 1}, "never used by the template: unused"),
+        ("a: $${x}\n", {"x": "v"}, "escape sequence"),
+        ("a: ${x ~}\n", {"x": "v"}, "strip marker"),
+    ],
+    ids=["directive", "other-function", "list-in-string", "undefined", "unused", "escape", "strip-marker"],
+)
+def test_unknown_template_syntax_fails(tmp_path, template, variables, message):
+    path = tmp_path / "t.yaml.tftpl"
+    path.write_text(template)
+    with pytest.raises(tfeval.TfError, match=message) as err:
+        tfeval.render_template(path, variables)
+    assert "t.yaml.tftpl" in str(err.value)
+
+
+def test_every_template_is_used_and_every_patch_comes_from_one(root):
+    ev = evaluator(root)
+    rendered(ev)
+    used = {path.name for path, _vars in ev.template_calls}
+    on_disk = {p.name for p in (root / "terraform/patches").glob("*")}
+    assert used == on_disk, f"templates not rendered by main.tf: {sorted(on_disk - used)}"
+    assert all(name.endswith(".yaml.tftpl") for name in on_disk)
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed (mise install gets it)")
+def test_the_real_terraform_renders_the_same_patches(root, tmp_path):
+    """Where Terraform is installed: its templatefile gives the same bytes for the same inputs."""
+    ev = evaluator(root, sops_age_key_sealed=SEALED)
+    ours = [text for _origin, text in rendered(ev)]
+    outputs = []
+    for i, (path, variables) in enumerate(ev.template_calls):
+        outputs.append(f'output "p{i}" {{\n  value = templatefile({json.dumps(str(path))}, jsondecode({json.dumps(tfeval.jsonencode(variables))}))\n}}\n')
+    (tmp_path / "main.tf").write_text("".join(outputs))
+    env = {"TF_CLI_CONFIG_FILE": "/dev/null", "TF_IN_AUTOMATION": "1", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
+    run = subprocess.run(["terraform", "apply", "-auto-approve", "-input=false", "-no-color"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    out = subprocess.run(["terraform", "output", "-json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    theirs = json.loads(out)
+    assert [theirs[f"p{i}"]["value"] for i in range(len(ours))] == ours
