@@ -37,7 +37,7 @@ INSTALLER_TAR := $(IMAGE_OUT)/installer-amd64-secureboot.tar
 PUSH_DEST ?= docker://$(INSTALLER_IMAGE)
 
 .PHONY: build build-deps agent extension image image-needs-bundle push-installer versions \
-  secureboot-keys test deps lint unit homelab bench
+  secureboot-keys test deps lint envtest unit homelab bench
 
 build: build-deps extension
 
@@ -123,8 +123,16 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The real-API-server tests start kube-apiserver and etcd from $$KUBEBUILDER_ASSETS (the envtest
+# convention), else from ../shared/envtest beside the repository.
+ENVTEST_ASSETS := $(or $(KUBEBUILDER_ASSETS),$(abspath $(CURDIR)/../shared/envtest))
+envtest:
+	@for b in kube-apiserver etcd; do [ -x "$(ENVTEST_ASSETS)/$$b" ] || { \
+	  echo "$(ENVTEST_ASSETS)/$$b is missing: the real-API-server tests need kube-apiserver and etcd; set KUBEBUILDER_ASSETS to a folder holding both (for example from setup-envtest), or put them in ../shared/envtest" >&2; exit 1; }; done
+	@echo "envtest: $$($(ENVTEST_ASSETS)/kube-apiserver --version), etcd $$($(ENVTEST_ASSETS)/etcd --version | sed -n 's/^etcd Version: //p')"
+
 # The end-to-end tests run the real `bootstrap-agent` binary: build it first.
-unit:
+unit: envtest
 	cargo build --locked -p bootstrap-agent
 	cargo nextest run --workspace --locked --no-fail-fast
 

@@ -155,7 +155,7 @@ def test_undeclared_variable(copy, fixtures):
 
 
 def test_unpinned_provider(copy, fixtures):
-    edit(copy / "terraform/versions.tf", 'version = "0.12.0"', 'version = ">= 0.12"')
+    edit(copy / "terraform/versions.tf", 'version = "0.11.0"', 'version = ">= 0.11"')
     found = findings(copy, fixtures)
     assert_found(found, "terraform/versions.tf", "provider talos is not pinned to an exact version")
 

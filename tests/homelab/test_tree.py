@@ -90,10 +90,10 @@ def test_sync_objects_match_the_agent_configuration(root):
 
 
 def test_agent_config_document_is_an_extension_service_config(root):
-    text = (root / "terraform/main.tf").read_text()
-    assert 'kind       = "ExtensionServiceConfig"' in text
-    assert 'name       = "bootstrap-agent"' in text
-    assert 'mountPath = "/usr/local/etc/bootstrap-agent/config.yaml"' in text
+    text = (root / "terraform/patches/bootstrap-agent.yaml.tftpl").read_text()
+    assert "kind: ExtensionServiceConfig" in text
+    assert "name: bootstrap-agent" in text
+    assert "mountPath: /usr/local/etc/bootstrap-agent/config.yaml" in text
 
 
 def test_vm_keeps_its_tpm_and_nothing_bootstraps_but_the_agent(root):
@@ -196,7 +196,7 @@ def _renovate_regexes(root: Path) -> list[re.Pattern]:
 def test_every_renovate_annotation_is_picked_up(root):
     regexes = _renovate_regexes(root)
     annotated = 0
-    for path in sorted(list((root / "kubernetes").rglob("*.yaml")) + list((root / "terraform").glob("*.tf")) + [root / ".mise.toml"]):
+    for path in sorted(list((root / "kubernetes").rglob("*.yaml")) + list((root / "terraform").glob("*.tf")) + [root / ".mise.toml", root / "image-factory/versions.yaml"]):
         text = path.read_text()
         for match in re.finditer(r"^[ \t]*# renovate:.*$", text, re.M):
             annotated += 1
@@ -214,8 +214,8 @@ def test_renovate_covers_every_pin(root):
         assert pin in described
     assert any("bundle\\.lock" in p for m in config["customManagers"] for p in m["managerFilePatterns"])
     # the Talos version is annotated where it is pinned
-    variables = (root / "terraform/variables.tf").read_text()
-    assert re.search(r"# renovate: datasource=github-releases depName=siderolabs/talos\n\s*default = \"v", variables)
+    versions = (root / "image-factory/versions.yaml").read_text()
+    assert re.search(r"# renovate: datasource=github-releases depName=siderolabs/talos\n\s*talos: v", versions)
 
 
 def test_task_and_hook_definitions_run_the_suite_and_upstream_tools(root):
