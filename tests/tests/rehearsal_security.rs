@@ -91,6 +91,7 @@ async fn no_secret_in_logs_status_or_files_lock_extended_second_unseal_refused()
             "flux-system",
             "sops-age",
         ))
+        .await
         .unwrap();
     let stored = secret["data"]["age.agekey"].as_str().unwrap();
     assert_eq!(

@@ -81,6 +81,8 @@ pub struct ApiServer {
     agent: Identity,
     admin: Identity,
     markers: AtomicU64,
+    /// Where [`ApiServer::agent_requests`] starts counting (see [`ApiServer::reset_counts`]).
+    since: std::sync::atomic::AtomicUsize,
     client: kube::Client,
 }
 
@@ -137,6 +139,7 @@ impl ApiServer {
             agent,
             admin,
             markers: AtomicU64::new(0),
+            since: std::sync::atomic::AtomicUsize::new(0),
             client,
         };
         std::fs::write(server.path("agent.kubeconfig"), server.kubeconfig())
@@ -362,6 +365,27 @@ impl ApiServer {
             .into_iter()
             .skip(cursor)
             .filter(|r| r.user == AGENT_USER)
+            .collect()
+    }
+
+    /// From now on, [`ApiServer::agent_requests`] counts only what comes after.
+    pub async fn reset_counts(&self) {
+        let n = self.requests().await.len();
+        self.since.store(n, Ordering::Relaxed);
+    }
+
+    /// The agent's requests since the start or the last [`ApiServer::reset_counts`].
+    pub async fn agent_requests(&self) -> Vec<audit::Request> {
+        self.agent_requests_since(self.since.load(Ordering::Relaxed))
+            .await
+    }
+
+    /// The agent's mutating requests since the start or the last [`ApiServer::reset_counts`].
+    pub async fn agent_mutations(&self) -> Vec<audit::Request> {
+        self.agent_requests()
+            .await
+            .into_iter()
+            .filter(audit::Request::is_mutating)
             .collect()
     }
 

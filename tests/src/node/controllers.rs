@@ -1,5 +1,6 @@
 //! A "controllers" simulator: plays kube-controller-manager and Flux's source- and
-//! kustomize-controller against the Kubernetes API stand-in. Deployments become Available, the
+//! kustomize-controller against the real API server (by writing `/status`, which the server
+//! validates against each type's schema). Deployments become Available, the
 //! GitRepository `flux-system` gets an artifact and the Kustomization `flux-system` applies it,
 //! each after a configurable delay counted from when the object (at its generation) appeared.
 
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use crate::kubeapi::{KubeApi, ObjectRef};
+use crate::envtest::ApiServer;
+use crate::kubeapi::ObjectRef;
 
 /// The revision the simulated source-controller fetches (branch `main`).
 pub const REVISION: &str = "main@sha1:5f1c0a3e9d8b7c6a5f4e3d2c1b0a998877665544";
@@ -113,12 +115,12 @@ fn observed(o: &Value) -> bool {
 
 impl Controllers {
     /// Starts playing the controllers against `api`.
-    pub fn start(api: Arc<KubeApi>, delays: ControllerDelays) -> Controllers {
+    pub fn start(api: Arc<ApiServer>, delays: ControllerDelays) -> Controllers {
         let sim = Arc::new(Mutex::new(Sim::default()));
         let s = sim.clone();
         let task = tokio::spawn(async move {
             loop {
-                step(&api, &s, &delays);
+                step(&api, &s, &delays).await;
                 tokio::time::sleep(delays.poll).await;
             }
         });
@@ -147,8 +149,8 @@ fn due(sim: &Arc<Mutex<Sim>>, key: String, delay: Duration) -> bool {
     first.elapsed() >= delay
 }
 
-fn step(api: &KubeApi, sim: &Arc<Mutex<Sim>>, d: &ControllerDelays) {
-    for dep in api.list("apps", "deployments") {
+async fn step(api: &ApiServer, sim: &Arc<Mutex<Sim>>, d: &ControllerDelays) {
+    for dep in api.list("apps", "deployments").await {
         let ns = dep["metadata"]["namespace"].as_str().unwrap_or_default();
         let name = dep["metadata"]["name"].as_str().unwrap_or_default();
         let available = dep["status"]["observedGeneration"].as_i64() == Some(generation(&dep))
@@ -160,10 +162,10 @@ fn step(api: &KubeApi, sim: &Arc<Mutex<Sim>>, d: &ControllerDelays) {
                 d.deployment,
             )
         {
-            api.mark_deployment_available(ns, name);
+            api.mark_deployment_available(ns, name).await;
         }
     }
-    let source_ready = match api.get(&gitrepository()) {
+    let source_ready = match api.get(&gitrepository()).await {
         Some(repo) if observed(&repo) => true,
         Some(repo) => {
             if due(sim, format!("source@{}", generation(&repo)), d.source) {
@@ -173,7 +175,8 @@ fn step(api: &KubeApi, sim: &Arc<Mutex<Sim>>, d: &ControllerDelays) {
                     "Succeeded",
                     &format!("stored artifact for revision '{REVISION}'"),
                     REVISION,
-                );
+                )
+                .await;
             }
             false
         }
@@ -182,7 +185,7 @@ fn step(api: &KubeApi, sim: &Arc<Mutex<Sim>>, d: &ControllerDelays) {
     if !source_ready {
         return;
     }
-    let Some(ks) = api.get(&kustomization()) else {
+    let Some(ks) = api.get(&kustomization()).await else {
         return;
     };
     let failure = sim.lock().ok().and_then(|s| s.failure.clone());
@@ -196,7 +199,8 @@ fn step(api: &KubeApi, sim: &Arc<Mutex<Sim>>, d: &ControllerDelays) {
     }
     match failure {
         Some((reason, message)) => {
-            api.mark_flux(&kustomization(), "False", &reason, &message, REVISION);
+            api.mark_flux(&kustomization(), "False", &reason, &message, REVISION)
+                .await;
         }
         None => {
             api.mark_flux(
@@ -205,7 +209,8 @@ fn step(api: &KubeApi, sim: &Arc<Mutex<Sim>>, d: &ControllerDelays) {
                 "ReconciliationSucceeded",
                 &format!("Applied revision: {REVISION}"),
                 REVISION,
-            );
+            )
+            .await;
         }
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! - a real swtpm (TCP on 127.0.0.1), kept across reboots and reflashes as a vTPM's state is;
 //! - the Talos API stand-in on a Unix socket (machined), whose `Kubeconfig` serves the
-//!   Kubernetes stand-in's kubeconfig and whose `Read` serves the node's host root (so that
+//!   API server's admin kubeconfig and whose `Read` serves the node's host root (so that
 //!   `bootstrap-agent status` reads the status file over mTLS, as from an operator machine);
-//! - the Kubernetes API stand-in (TLS with a cluster CA and an admin client certificate);
+//! - a real kube-apiserver and etcd ([`crate::envtest`]), TLS with a throwaway cluster CA and
+//!   an admin client certificate, as a Talos control plane serves them;
 //! - a controllers simulator ([`controllers`]);
 //! - a bundle directory composed from the upstream fixtures;
 //! - the real `bootstrap-agent` binary, run as Talos runs the extension service: the
@@ -36,8 +37,9 @@ use bootstrap_agent::plan::StepId;
 use bootstrap_agent::status::{Phase, Status, StepState};
 use tempfile::TempDir;
 
+use crate::envtest::ApiServer;
+use crate::kubeapi::ObjectRef;
 use crate::kubeapi::fixture::{Corpus, compose_bundle};
-use crate::kubeapi::{CrdPolicy, KubeApi, ObjectRef};
 use crate::swtpm::{Swtpm, agent_binary};
 use crate::talos::StandIn;
 pub use controllers::{ControllerDelays, Controllers, REVISION};
@@ -64,7 +66,6 @@ pub struct NodeOptions {
     /// The first `n` `Bootstrap` calls answer FailedPrecondition.
     pub bootstrap_not_ready: usize,
     pub delays: ControllerDelays,
-    pub crd_policy: CrdPolicy,
     /// `BOOTSTRAP_AGENT_RETRY_MAX` for the agent.
     pub retry_max: String,
     /// Starts of the service before the supervisor gives up (untilSuccess restarts otherwise
@@ -78,7 +79,6 @@ impl Default for NodeOptions {
             gateway_api: false,
             bootstrap_not_ready: 0,
             delays: ControllerDelays::default(),
-            crd_policy: CrdPolicy::default(),
             retry_max: "1s".into(),
             max_starts: 20,
         }
@@ -89,7 +89,7 @@ impl Default for NodeOptions {
 pub struct Node {
     pub tpm: Swtpm,
     pub talos: StandIn,
-    pub kube: Arc<KubeApi>,
+    pub kube: Arc<ApiServer>,
     pub controllers: Controllers,
     pub options: NodeOptions,
     pub spec: ServiceSpec,
@@ -100,12 +100,8 @@ pub struct Node {
     work: TempDir,
 }
 
-async fn cluster(options: &NodeOptions, root: &Path) -> (StandIn, Arc<KubeApi>, Controllers) {
-    let kube = Arc::new(
-        KubeApi::start_tls(options.crd_policy.clone())
-            .await
-            .expect("start the Kubernetes API stand-in"),
-    );
+async fn cluster(options: &NodeOptions, root: &Path) -> (StandIn, Arc<ApiServer>, Controllers) {
+    let kube = Arc::new(ApiServer::start().await);
     let talos = StandIn::builder()
         .kubeconfig(&kube.kubeconfig())
         .bootstrap_not_ready(options.bootstrap_not_ready)
@@ -433,11 +429,12 @@ impl Node {
     }
 
     /// The `flux-system/sops-age` Secret's `age.agekey`, decoded.
-    pub fn sops_age(&self) -> Option<Vec<u8>> {
+    pub async fn sops_age(&self) -> Option<Vec<u8>> {
         use base64::Engine;
         let s = self
             .kube
-            .get(&ObjectRef::new("", "secrets", "flux-system", "sops-age"))?;
+            .get(&ObjectRef::new("", "secrets", "flux-system", "sops-age"))
+            .await?;
         base64::engine::general_purpose::STANDARD
             .decode(s["data"]["age.agekey"].as_str()?)
             .ok()
