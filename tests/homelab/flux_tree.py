@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 import substitution
-from model import Finding, Note, Obj, dig, rel, yaml_loader
+from model import Finding, Note, Obj, dig, fixture_docs, rel
 
 FLUX_KUSTOMIZE_GROUP = "kustomize.toolkit.fluxcd.io"
 ROOT_KEY = ("flux-system", "flux-system")
@@ -149,7 +149,7 @@ def _external_objects(layer: Layer, sources: dict[tuple[str, str, str], Obj], fi
     fixture = EXTERNAL_CONTENT.get((url, path))
     if not fixture or not (fixtures / fixture).is_file():
         return [], label
-    objs = [Obj(d, f"{label}:{path} ({fixture})", layer.name, external=True) for d in yaml.load_all((fixtures / fixture).read_text(), Loader=yaml_loader()) if isinstance(d, dict)]
+    objs = [Obj(d, f"{label}:{path} ({fixture})", layer.name, external=True) for d in fixture_docs(fixtures / fixture) if isinstance(d, dict)]
     return objs, label
 
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import hcl2
 import yaml
 
 import chart_values
@@ -41,7 +40,7 @@ import references
 import schemas
 import versions
 from flux_tree import Tree, load_tree
-from model import Finding, Note, Obj, Report, rel
+from model import Finding, Note, Obj, Report, hcl, rel
 from schemas import FixturesMissing, crd_index, default_fixtures
 
 __all__ = ["Finding", "Note", "Obj", "Report", "FixturesMissing", "check_all", "default_fixtures", "sops_envelope_problems"]
@@ -465,7 +464,7 @@ def check_terraform(root: Path) -> Report:
     for path in files:
         text = path.read_text()
         try:
-            parsed[path] = hcl2.loads(text)
+            parsed[path] = hcl(text)
         except Exception as err:  # lark raises several exception types for syntax errors
             message = str(err).splitlines()[0]
             line = getattr(err, "line", None)

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from flux_tree import Layer, Tree, closure, on_this_repository
-from model import Obj, Report, dig, rel, yaml_loader
+from model import Obj, Report, dig, rel
 from schemas import crd_documents, is_custom
 
 FLUX_GROUP_SUFFIX = ".toolkit.fluxcd.io"
@@ -184,7 +184,3 @@ def check_decryption(root: Path, tree: Tree) -> Report:
                 f"Kustomization {layer.name}: spec.decryption is set but path {layer.path} holds no encrypted file: the layer waits for the SOPS key for nothing; remove it",
             )
     return report
-
-
-def parse_yaml(path: Path) -> list[Any]:
-    return list(yaml.load_all(path.read_text(), Loader=yaml_loader()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,25 @@ def yaml_loader() -> Any:
     import yaml
 
     return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.lru_cache(maxsize=32)
+def _fixture_docs(path: str, mtime: float) -> tuple[Any, ...]:
+    import yaml
+
+    with open(path) as handle:
+        return tuple(yaml.load_all(handle.read(), Loader=yaml_loader()))
+
+
+def fixture_docs(path: Any) -> tuple[Any, ...]:
+    """The YAML documents of an upstream fixture, parsed once per run (do not modify them)."""
+    p = Path(path)
+    return _fixture_docs(str(p), p.stat().st_mtime)
+
+
+@functools.lru_cache(maxsize=64)
+def hcl(text: str) -> Any:
+    """python-hcl2's parse of a Terraform file's text, once per distinct text."""
+    import hcl2
+
+    return hcl2.loads(text)

@@ -14,11 +14,10 @@ from typing import Any
 
 import jsonschema
 import kubernetes_validate
-import yaml
 
 import cel_rules
 from flux_tree import Tree
-from model import Finding, Obj, Report, yaml_loader
+from model import Finding, Obj, Report, fixture_docs
 
 KUBERNETES_VERSION = "1.37.0"
 
@@ -85,8 +84,7 @@ class FixturesMissing(RuntimeError):
 
 
 def crd_documents(path: Path) -> list[dict[str, Any]]:
-    docs = yaml.load_all(path.read_text(), Loader=yaml_loader())
-    return [d for d in docs if isinstance(d, dict) and d.get("kind") == "CustomResourceDefinition"]
+    return [d for d in fixture_docs(path) if isinstance(d, dict) and d.get("kind") == "CustomResourceDefinition"]
 
 
 @functools.lru_cache(maxsize=4)

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from flux_tree import Tree
-from model import Report, dig, yaml_loader
+from model import Report, dig, fixture_docs, hcl
 
 HERE = Path(__file__).resolve().parent
 COMPATIBILITY = HERE / "compatibility.yaml"
@@ -64,12 +64,10 @@ def gateway_api_pin(root: Path, tree: Tree) -> tuple[str, str] | None:
 
 def pinned_talos(root: Path) -> tuple[str, str | None, str]:
     """(Talos version, explicit Kubernetes version or None, where) from the Terraform variables."""
-    import hcl2
-
     path = root / "terraform" / "variables.tf"
     talos, kube = "", None
     if path.is_file():
-        for block in hcl2.loads(path.read_text()).get("variable", []):
+        for block in hcl(path.read_text()).get("variable", []):
             for name, body in block.items():
                 name = name.strip('"')
                 default = body.get("default")
@@ -172,7 +170,7 @@ def check_compatibility(root: Path, tree: Tree, fixtures: Path) -> Report:
     if gw and gw_fixture.is_file():
         served: dict[str, set[str]] = {}
         bundle_version = ""
-        for crd in yaml.load_all(gw_fixture.read_text(), Loader=yaml_loader()):
+        for crd in fixture_docs(gw_fixture):
             if isinstance(crd, dict) and crd.get("kind") == "CustomResourceDefinition":
                 kind = crd["spec"]["names"]["kind"]
                 served[kind] = {v["name"] for v in crd["spec"]["versions"] if v.get("served")}
