@@ -25,6 +25,7 @@ import yaml
 from flux_tree import Layer, Tree, closure, on_this_repository
 from model import Obj, Report, dig, rel
 from schemas import crd_documents, is_custom
+from versions import compatibility
 
 FLUX_GROUP_SUFFIX = ".toolkit.fluxcd.io"
 BUNDLE_LOCK = "agent/bundle/bundle.lock.yaml"
@@ -33,10 +34,10 @@ BUNDLE_LOCK = "agent/bundle/bundle.lock.yaml"
 # them on (path, default). cert-manager: `crds.enabled` (default false) or the older
 # `installCRDs` (deploy/charts/cert-manager/values.yaml at v1.21.1); Kyverno: `crds.install`
 # (default true; the `crds` and `kyverno-api` subcharts, charts/kyverno/Chart.yaml at
-# kyverno-chart-3.9.0).
+# kyverno-chart-3.9.0); the Kyverno fixtures are those of the app version compatibility.yaml names).
 CHART_CRDS: dict[str, tuple[list[str], list[tuple[tuple[str, ...], bool]]]] = {
     "cert-manager": (["cert-manager.crds.yaml"], [(("crds", "enabled"), False), (("installCRDs",), False)]),
-    "kyverno": (["kyverno-v1.19.0.kyverno.io_clusterpolicies.yaml", "kyverno-v1.19.0.policies.kyverno.io_imagevalidatingpolicies.yaml"], [(("crds", "install"), True)]),
+    "kyverno": (["kyverno-{app}.kyverno.io_clusterpolicies.yaml", "kyverno-{app}.policies.kyverno.io_imagevalidatingpolicies.yaml"], [(("crds", "install"), True)]),
 }
 
 
@@ -53,7 +54,8 @@ def _chart_installs(obj: Obj, fixtures: Path) -> set[tuple[str, str]]:
     if not any(bool(dig(values, *path, default=default)) for path, default in switches):
         return set()
     kinds: set[tuple[str, str]] = set()
-    for name in files:
+    app = str((compatibility().get(_chart(obj)) or {}).get("app", ""))
+    for name in (f.format(app=app) for f in files):
         if (fixtures / name).is_file():
             for crd in crd_documents(fixtures / name):
                 kinds.add((crd["spec"]["group"], crd["spec"]["names"]["kind"]))

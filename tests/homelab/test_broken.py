@@ -326,6 +326,7 @@ def test_cert_manager_bumped_in_one_place(copy, fixtures):
     edit(copy / f"{CONTROLLERS}/cert-manager/helmrelease.yaml", "version: v1.21.1\n", "version: v1.21.2\n")
     found = findings(copy, fixtures)
     assert_found(found, f"{CONTROLLERS}/cert-manager/helmrelease.yaml", "cert-manager is pinned at different versions", "v1.21.2", "bundle lock cert-manager-crds version = v1.21.1")
+    assert_found(found, f"{CONTROLLERS}/cert-manager/helmrelease.yaml", "pins chart v1.21.2 but the cert-manager CRD fixtures are v1.21.1")
 
 
 def test_gateway_api_bumped_in_one_place(copy, fixtures):

@@ -192,8 +192,18 @@ def check_compatibility(root: Path, tree: Tree, fixtures: Path) -> Report:
                 f"Gateway API {gw[0]} is not the version Traefik {facts.get('proxy')} implements ({conformance}) and {where} does not accept it (gateway_api_accepted)",
             )
 
+    cm = _helm_chart_version(tree, "cert-manager")
+    cm_fixture = fixtures / "cert-manager.crds.yaml"
+    if cm and cm_fixture.is_file():
+        labelled = {str(dig(d, "metadata", "labels", "app.kubernetes.io/version", default="")) for d in fixture_docs(cm_fixture) if isinstance(d, dict)}
+        if {_norm(v) for v in labelled} != {_norm(cm[0])}:
+            report.find(cm[1], f"HelmRelease cert-manager pins chart {cm[0]} but the cert-manager CRD fixtures are {', '.join(sorted(labelled))}: add the CRDs of {cm[0]} to the upstream fixtures")
+
     kyverno = _helm_chart_version(tree, "kyverno")
     kfacts = compat.get("kyverno") or {}
+    app = str(kfacts.get("app", ""))
+    if kyverno and not list(fixtures.glob(f"kyverno-{app}.*.yaml")):
+        report.find(kyverno[1], f"no Kyverno {app} CRD fixtures (kyverno-{app}.*.yaml) to check the policies against")
     if kyverno and kyverno[0] != str(kfacts.get("chart")):
         report.find(kyverno[1], f"HelmRelease kyverno pins chart {kyverno[0]} but {where} holds the facts of chart {kfacts.get('chart')}: re-read its tested Kubernetes range and update the file")
     talos, explicit, talos_where = pinned_talos(root)
