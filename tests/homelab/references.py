@@ -263,7 +263,7 @@ def check_certificates(tree: Tree, report: Report) -> None:
 def check_secret_keys(tree: Tree, report: Report) -> None:
     for obj in tree.objects:
         if obj.group == CERT_MANAGER_GROUP and obj.kind in ("ClusterIssuer", "Issuer"):
-            ns = CERT_MANAGER_NAMESPACE if obj.kind == "ClusterIssuer" else obj.namespace
+            ns = _cluster_resource_namespace(tree) if obj.kind == "ClusterIssuer" else obj.namespace
             for path, ref in _key_refs(obj.spec, "spec"):
                 _require_key(tree, report, obj, path, ns, str(ref["name"]), str(ref["key"]))
         if obj.kind == "HelmRelease" and obj.group == "helm.toolkit.fluxcd.io":
@@ -283,6 +283,15 @@ def check_secret_keys(tree: Tree, report: Report) -> None:
             ref = dig(obj.spec, "secretRef", "name")
             if ref and tree.get("Secret", obj.namespace, str(ref)) is None and (obj.namespace, ref) not in BOOTSTRAP_SECRETS:
                 report.find(obj.source, f"{obj.ident()}: spec.secretRef Secret {obj.namespace}/{ref} does not exist in the tree")
+
+
+def _cluster_resource_namespace(tree: Tree) -> str:
+    """Where a ClusterIssuer's Secrets live: the cert-manager chart's `clusterResourceNamespace`,
+    by default the release's namespace (values.schema.json at v1.21.1, its description)."""
+    for hr in tree.by_kind("HelmRelease", "helm.toolkit.fluxcd.io"):
+        if dig(hr.spec, "chart", "spec", "chart") == "cert-manager":
+            return str(dig(hr.spec, "values", "clusterResourceNamespace", default="") or hr.spec.get("targetNamespace") or hr.namespace)
+    return CERT_MANAGER_NAMESPACE
 
 
 def _require_key(tree: Tree, report: Report, obj: Obj, path: str, ns: str, name: str, key: str) -> None:

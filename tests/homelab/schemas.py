@@ -14,6 +14,7 @@ from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import kubernetes_validate.utils
 
 import cel_rules
 from flux_tree import Tree
@@ -156,7 +157,15 @@ def custom_resource_problems(obj: Obj, crds: CrdIndex) -> list[str]:
     return problems
 
 
-def check_schemas(tree: Tree, crds: CrdIndex) -> Report:
+def schema_version(kubernetes_minor: str) -> str:
+    """The Kubernetes schema version to validate against: the cluster's minor when
+    kubernetes-validate ships it, else the newest it has."""
+    if kubernetes_minor and f"{kubernetes_minor}.0" in kubernetes_validate.utils.all_versions():
+        return f"{kubernetes_minor}.0"
+    return KUBERNETES_VERSION
+
+
+def check_schemas(tree: Tree, crds: CrdIndex, kubernetes_version: str = KUBERNETES_VERSION) -> Report:
     report = Report()
     for obj in tree.objects:
         body = {k: v for k, v in obj.body.items() if k != "sops"}
@@ -170,12 +179,12 @@ def check_schemas(tree: Tree, crds: CrdIndex) -> Report:
                 report.find(obj.source, f"{obj.ident()}: {problem}")
             continue
         try:
-            kubernetes_validate.validate(body, KUBERNETES_VERSION, strict=True)
+            kubernetes_validate.validate(body, kubernetes_version, strict=True)
             continue
         except kubernetes_validate.SchemaNotFoundError:
             pass
         except kubernetes_validate.ValidationError as err:
-            report.find(obj.source, f"{obj.ident()}: {_schema_error(err)} [Kubernetes {KUBERNETES_VERSION} schema]")
+            report.find(obj.source, f"{obj.ident()}: {_schema_error(err)} [Kubernetes {kubernetes_version} schema]")
             continue
         except kubernetes_validate.InvalidSchemaError as err:  # pragma: no cover - library data problem
             report.find(obj.source, f"{obj.ident()}: schema unusable: {err}")
@@ -191,7 +200,7 @@ def check_schemas(tree: Tree, crds: CrdIndex) -> Report:
         else:
             report.find(
                 obj.source,
-                f"{obj.ident()}: unknown kind {obj.api_version} {obj.kind}: neither a Kubernetes {KUBERNETES_VERSION} kind nor a CRD at hand "
+                f"{obj.ident()}: unknown kind {obj.api_version} {obj.kind}: neither a Kubernetes {kubernetes_version} kind nor a CRD at hand "
                 "(if its CRD comes from a chart, list it in schemas.CHARTED_KINDS with the reason)",
             )
     return report
