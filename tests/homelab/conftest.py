@@ -15,7 +15,18 @@ sys.path.insert(0, str(HERE))
 import homelab_check  # noqa: E402
 
 # What a broken copy needs: the tree, the Terraform, and the root dotfiles.
-COPIED = ["kubernetes", "terraform", ".sops.yaml", ".gitleaks.toml", "renovate.json", ".mise.toml", "lefthook.yml"]
+COPIED = [
+    "kubernetes",
+    "terraform",
+    "image-factory/versions.yaml",
+    ".sops.yaml",
+    ".gitleaks.toml",
+    "renovate.json",
+    ".mise.toml",
+    "lefthook.yml",
+    "README.md",
+    "agent/bundle/bundle.lock.yaml",
+]
 
 
 @pytest.fixture(scope="session")
@@ -44,5 +55,6 @@ def copy(tmp_path: Path) -> Path:
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns(".terraform", "*.tfstate*"))
         elif src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     return dest

@@ -1,337 +1,54 @@
 """Offline validation of the homelab tree: kubernetes/ (Flux), terraform/, secrets.
 
-Every check returns a list of `Finding`s, each naming the file and the problem.
-A clean tree gives no findings. What cannot be checked offline (kinds without a
-CRD at hand, paths inside external Flux sources) is reported as `Note`s, so the
-output lists it instead of passing it silently.
+The tree is loaded as Flux applies it (flux_tree: one layer per Flux Kustomization, built with
+kustomize, post-build substituted), then every check returns `Finding`s, each naming the file,
+the object and the problem. A clean tree gives no findings. What cannot be checked offline
+(paths inside external Flux sources without a fixture, charts without a values fixture) is
+reported as `Note`s, so the output lists it instead of passing it silently.
+
+Checks (module):
+- kustomize builds, post-build substitution (flux_tree, substitution)
+- Kubernetes and CRD schemas, strict unknown fields, CRD CEL rules (schemas, cel_rules)
+- Flux graph: sourceRef, dependsOn, path, cycles; reachability (here)
+- references between objects (references)
+- layer ordering against CRD installation, ownership, decryption (layering)
+- HelmRelease values against chart schemas (chart_values)
+- versions pinned in several places; compatibility (versions, compatibility.yaml)
+- conventions (conventions)
+- SOPS files and .sops.yaml, key material, Terraform (here)
 
 Run it directly for a report:  python3 tests/homelab/homelab_check.py [ROOT]
 """
 
 from __future__ import annotations
 
-import functools
-from concurrent.futures import ThreadPoolExecutor
-import os
+import json
 import re
 import subprocess
 import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import hcl2
-import jsonschema
-import kubernetes_validate
 import yaml
 
-KUBERNETES_VERSION = "1.37.0"
+import chart_values
+import conventions
+import layering
+import references
+import schemas
+import versions
+from flux_tree import Tree, load_tree
+from model import Finding, Note, Obj, Report, hcl, rel
+from schemas import FixturesMissing, crd_index, default_fixtures
 
-# Kinds whose CRDs arrive with a Helm chart at run time and are not among the
-# upstream fixtures. They are listed in the report as not schema-checked; any
-# other kind without a schema is an error.
-CHARTED_KINDS = {
-    ("kyverno.io", "ClusterPolicy"): "CRD ships inside the Kyverno chart (infrastructure/kyverno)",
-    ("kyverno.io", "Policy"): "CRD ships inside the Kyverno chart (infrastructure/kyverno)",
-}
+__all__ = ["Finding", "Note", "Obj", "Report", "FixturesMissing", "check_all", "default_fixtures", "sops_envelope_problems"]
 
 FLUX_SOURCE_KINDS = {"GitRepository", "OCIRepository", "HelmRepository", "Bucket", "HelmChart", "ExternalArtifact"}
 SOPS_VALUE = re.compile(r"^ENC\[AES256_GCM,data:[A-Za-z0-9+/=]*,iv:[A-Za-z0-9+/=]+,tag:[A-Za-z0-9+/=]+,type:[a-z]+\]$")
 AGE_RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
 EXACT_VERSION = re.compile(r"^=?\s*v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$")
-
-
-@dataclass(frozen=True, order=True)
-class Finding:
-    """A problem: the file it is in and what is wrong."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-@dataclass(frozen=True, order=True)
-class Note:
-    """Something the offline suite cannot check, listed rather than passed silently."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: not checked: {self.message}"
-
-
-@dataclass
-class Report:
-    findings: list[Finding] = field(default_factory=list)
-    notes: list[Note] = field(default_factory=list)
-
-    def extend(self, other: "Report") -> None:
-        self.findings.extend(other.findings)
-        self.notes.extend(other.notes)
-
-    def render(self) -> str:
-        lines = [f"ERROR {f}" for f in sorted(set(self.findings))]
-        lines += [f"NOTE  {n}" for n in sorted(set(self.notes))]
-        return "\n".join(lines)
-
-
-@dataclass
-class Obj:
-    """One Kubernetes object from a kustomize build, with the file it came from."""
-
-    body: dict[str, Any]
-    source: str
-
-    @property
-    def kind(self) -> str:
-        return str(self.body.get("kind", ""))
-
-    @property
-    def api_version(self) -> str:
-        return str(self.body.get("apiVersion", ""))
-
-    @property
-    def group(self) -> str:
-        return self.api_version.rpartition("/")[0]
-
-    @property
-    def name(self) -> str:
-        return str((self.body.get("metadata") or {}).get("name", ""))
-
-    @property
-    def namespace(self) -> str:
-        return str((self.body.get("metadata") or {}).get("namespace", ""))
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        spec = self.body.get("spec")
-        return spec if isinstance(spec, dict) else {}
-
-    def ident(self) -> str:
-        ns = f"{self.namespace}/" if self.namespace else ""
-        return f"{self.kind} {ns}{self.name}"
-
-
-def rel(root: Path, path: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()
-
-
-# --------------------------------------------------------------------------
-# kustomize builds
-
-
-def kustomization_dirs(root: Path) -> list[Path]:
-    base = root / "kubernetes"
-    return sorted(p.parent for p in base.rglob("kustomization.yaml"))
-
-
-def _source_index(root: Path) -> dict[tuple[str, str, str, str], str]:
-    """(apiVersion, kind, namespace, name) -> the file that defines it."""
-    index: dict[tuple[str, str, str, str], str] = {}
-    for path in sorted((root / "kubernetes").rglob("*.y*ml")):
-        if path.name == "kustomization.yaml":
-            continue
-        try:
-            docs = list(yaml.safe_load_all(path.read_text()))
-        except yaml.YAMLError:
-            continue
-        for doc in docs:
-            if isinstance(doc, dict) and "kind" in doc:
-                meta = doc.get("metadata") or {}
-                key = (str(doc.get("apiVersion", "")), str(doc["kind"]), str(meta.get("namespace", "")), str(meta.get("name", "")))
-                index.setdefault(key, rel(root, path))
-    return index
-
-
-def build(root: Path, directory: Path, index: dict[tuple[str, str, str, str], str] | None = None) -> tuple[list[Obj], list[Finding]]:
-    """`kubectl kustomize DIR`, each object tagged with the file it came from."""
-    where = rel(root, directory / "kustomization.yaml")
-    proc = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        detail = proc.stderr.strip().replace(str(directory.resolve()) + "/", "").replace(str(root.resolve()) + "/", "")
-        return [], [Finding(where, f"kustomize build failed: {detail}")]
-    if index is None:
-        index = _source_index(root)
-    objects = []
-    for doc in yaml.safe_load_all(proc.stdout):
-        if not isinstance(doc, dict):
-            continue
-        meta = doc.get("metadata") or {}
-        key = (str(doc.get("apiVersion", "")), str(doc.get("kind", "")), str(meta.get("namespace", "")), str(meta.get("name", "")))
-        objects.append(Obj(doc, index.get(key, where)))
-    return objects, []
-
-
-@dataclass
-class Tree:
-    """Every object of every kustomization under kubernetes/, deduplicated."""
-
-    objects: list[Obj]
-    findings: list[Finding]
-
-
-def load_tree(root: Path) -> Tree:
-    """Builds every kustomization (a few kubectl processes in parallel)."""
-    index = _source_index(root)
-    directories = kustomization_dirs(root)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda d: build(root, d, index), directories))
-    seen: dict[tuple[str, str, str, str], Obj] = {}
-    findings: list[Finding] = []
-    for objects, problems in results:
-        findings += problems
-        for obj in objects:
-            seen.setdefault((obj.api_version, obj.kind, obj.namespace, obj.name), obj)
-    return Tree(list(seen.values()), findings)
-
-
-# --------------------------------------------------------------------------
-# schemas
-
-
-def _strict(schema: Any) -> Any:
-    """OpenAPI v3 structural schema -> JSON schema that rejects unknown fields."""
-    if isinstance(schema, list):
-        return [_strict(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: _strict(v) for k, v in schema.items() if k not in ("x-kubernetes-validations",)}
-    if out.get("nullable") and "type" in out:
-        out["type"] = [out["type"], "null"]
-    if (
-        "properties" in out
-        and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    if "properties" in out and "metadata" in out["properties"]:
-        # ObjectMeta is checked by the API server, not by the CRD schema.
-        out["properties"]["metadata"] = {"type": "object"}
-    return out
-
-
-@dataclass
-class CrdIndex:
-    """Custom resource schemas by (group, version, kind), and the groups they cover."""
-
-    schemas: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
-    origin: dict[tuple[str, str, str], str] = field(default_factory=dict)
-
-    def add(self, crd: dict[str, Any], origin: str) -> None:
-        spec = crd.get("spec") or {}
-        group = spec.get("group", "")
-        kind = (spec.get("names") or {}).get("kind", "")
-        for version in spec.get("versions") or []:
-            schema = ((version.get("schema") or {}).get("openAPIV3Schema")) or {}
-            key = (group, version.get("name", ""), kind)
-            self.schemas[key] = _strict(schema)
-            self.origin[key] = origin
-
-    def groups(self) -> set[str]:
-        return {g for g, _, _ in self.schemas}
-
-    def kinds_in(self, group: str) -> list[str]:
-        return sorted({f"{k} ({v})" for g, v, k in self.schemas if g == group})
-
-
-class FixturesMissing(RuntimeError):
-    pass
-
-
-@functools.lru_cache(maxsize=4)
-def _load_crds(fixtures: str) -> CrdIndex:
-    directory = Path(fixtures)
-    files = sorted(directory.glob("*.crds.yaml"))
-    if not files:
-        raise FixturesMissing(
-            f"no upstream CRDs (*.crds.yaml) in {directory}: the suite needs the shared fixtures beside "
-            "the repository (../shared/fixtures/upstream); clone shared/ next to the repository or set "
-            "HOMELAB_CRD_FIXTURES"
-        )
-    index = CrdIndex()
-    for path in files:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-                index.add(doc, path.name)
-    return index
-
-
-def default_fixtures(root: Path) -> Path:
-    env = os.environ.get("HOMELAB_CRD_FIXTURES")
-    if env:
-        return Path(env)
-    return (root / ".." / "shared" / "fixtures" / "upstream").resolve()
-
-
-def crd_index(root: Path, fixtures: Path, tree: Tree) -> CrdIndex:
-    base = _load_crds(str(fixtures))
-    index = CrdIndex(dict(base.schemas), dict(base.origin))
-    for obj in tree.objects:
-        if obj.kind == "CustomResourceDefinition":
-            index.add(obj.body, obj.source)
-    return index
-
-
-def _schema_error(err: Exception) -> str:
-    path = "/".join(str(p) for p in getattr(err, "absolute_path", []) or [])
-    message = getattr(err, "message", None) or str(err).splitlines()[0]
-    return f"{message} (at {path})" if path else str(message)
-
-
-def check_schemas(root: Path, tree: Tree, crds: CrdIndex) -> Report:
-    report = Report()
-    for obj in tree.objects:
-        body = {k: v for k, v in obj.body.items() if k != "sops"}
-        if not obj.kind or not obj.api_version:
-            report.findings.append(Finding(obj.source, "object without apiVersion/kind"))
-            continue
-        version = obj.api_version.rpartition("/")[2]
-        key = (obj.group, version, obj.kind)
-        if key in crds.schemas:
-            validator = jsonschema.Draft7Validator(crds.schemas[key])
-            errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
-            for err in errors[:5]:
-                report.findings.append(Finding(obj.source, f"{obj.ident()}: {_schema_error(err)} [CRD schema from {crds.origin[key]}]"))
-            continue
-        try:
-            kubernetes_validate.validate(body, KUBERNETES_VERSION, strict=True)
-            continue
-        except kubernetes_validate.SchemaNotFoundError:
-            pass
-        except kubernetes_validate.ValidationError as err:
-            report.findings.append(Finding(obj.source, f"{obj.ident()}: {_schema_error(err)} [Kubernetes {KUBERNETES_VERSION} schema]"))
-            continue
-        except kubernetes_validate.InvalidSchemaError as err:  # pragma: no cover - library data problem
-            report.findings.append(Finding(obj.source, f"{obj.ident()}: schema unusable: {err}"))
-            continue
-        charted = CHARTED_KINDS.get((obj.group, obj.kind))
-        if charted:
-            report.notes.append(Note(obj.source, f"{obj.ident()} ({obj.api_version}): no CRD at hand: {charted}"))
-        elif obj.group in crds.groups():
-            report.findings.append(
-                Finding(
-                    obj.source,
-                    f"{obj.ident()}: unknown kind {obj.kind} in {obj.api_version}; the CRDs at hand for "
-                    f"{obj.group} define: {', '.join(crds.kinds_in(obj.group))}",
-                )
-            )
-        else:
-            report.findings.append(
-                Finding(
-                    obj.source,
-                    f"{obj.ident()}: unknown kind {obj.api_version} {obj.kind}: neither a Kubernetes "
-                    f"{KUBERNETES_VERSION} kind nor a CRD at hand (if its CRD comes from a chart, list it in "
-                    "CHARTED_KINDS with the reason)",
-                )
-            )
-    return report
 
 
 # --------------------------------------------------------------------------
@@ -367,13 +84,6 @@ def check_flux_graph(root: Path, tree: Tree) -> Report:
             if not target.is_dir():
                 report.findings.append(Finding(obj.source, f"Kustomization {ns}/{name}: path {path} does not exist in the repository"))
                 continue
-            encrypted = sorted(rel(root, p) for p in target.rglob("*.enc.*"))
-            if encrypted and not (obj.spec.get("decryption") or {}).get("provider") == "sops":
-                report.findings.append(
-                    Finding(obj.source, f"Kustomization {ns}/{name}: path {path} holds SOPS-encrypted files ({', '.join(encrypted)}) but spec.decryption is not set to provider sops")
-                )
-        else:
-            report.notes.append(Note(obj.source, f"Kustomization {ns}/{name}: path {path} inside external source {kind} {ref_ns}/{ref_name} is fetched at run time"))
     for (ns, name), obj in sorted(releases.items()):
         chart = ((obj.spec.get("chart") or {}).get("spec")) or {}
         ref = chart.get("sourceRef") or {}
@@ -390,8 +100,6 @@ def check_flux_graph(root: Path, tree: Tree) -> Report:
                 report.findings.append(Finding(obj.source, f"HelmRelease {ns}/{name}: chartRef {kind} {ref_ns}/{ref_name} does not exist in the tree"))
         else:
             report.findings.append(Finding(obj.source, f"HelmRelease {ns}/{name}: neither spec.chart nor spec.chartRef"))
-        if obj.spec.get("values"):
-            report.notes.append(Note(obj.source, f"HelmRelease {ns}/{name}: values are checked by the chart's own schema at install time"))
 
     # dependsOn: existence and cycles, per graph (Kustomizations; HelmReleases)
     for label, nodes in (("Kustomization", kustomizations), ("HelmRelease", releases)):
@@ -530,33 +238,97 @@ def sops_envelope_problems(doc: dict[str, Any], value_keys: Iterable[str] | None
     return problems
 
 
+SOPS_METADATA_KEYS = {
+    "age", "pgp", "kms", "gcp_kms", "azure_kv", "hc_vault", "lastmodified", "mac", "version",
+    "encrypted_regex", "unencrypted_regex", "encrypted_suffix", "unencrypted_suffix",
+    "encrypted_comment_regex", "unencrypted_comment_regex", "mac_only_encrypted", "shamir_threshold", "key_groups",
+}
+
+
+def sops_rules(root: Path) -> list[dict[str, Any]]:
+    path = root / ".sops.yaml"
+    if not path.is_file():
+        return []
+    return list((yaml.safe_load(path.read_text()) or {}).get("creation_rules") or [])
+
+
+def sops_rule_for(root: Path, name: str) -> dict[str, Any] | None:
+    """The creation rule sops applies to a file: the first whose path_regex matches its path
+    relative to .sops.yaml (getsops/sops config/config.go, `parseCreationRuleForFile`)."""
+    for rule in sops_rules(root):
+        if re.search(str(rule.get("path_regex", "")), name):
+            return rule
+    return None
+
+
+def _recipients(value: Any) -> set[str]:
+    if isinstance(value, list):
+        return {str(v).strip() for v in value if str(v).strip()}
+    return {r.strip() for r in str(value or "").split(",") if r.strip()}
+
+
+def sops_file_problems(root: Path, path: Path, doc: dict[str, Any]) -> list[str]:
+    """The file's SOPS metadata against the creation rule that encrypts it, and sops's own parse."""
+    name = rel(root, path)
+    meta = doc.get("sops") if isinstance(doc.get("sops"), dict) else {}
+    problems = []
+    unknown = sorted(set(meta) - SOPS_METADATA_KEYS)
+    if unknown:
+        problems.append(f"sops metadata has keys sops does not write: {', '.join(unknown)}")
+    rule = sops_rule_for(root, name)
+    if rule is None:
+        problems.append("no creation rule of .sops.yaml matches this file: sops cannot re-encrypt it (add a path_regex)")
+        return problems
+    want = _recipients(rule.get("age"))
+    have = {str(e.get("recipient", "")) for e in meta.get("age") or [] if isinstance(e, dict)}
+    if want and have != want:
+        missing, extra = sorted(want - have), sorted(have - want)
+        detail = "; ".join(x for x in (f"missing {', '.join(missing)}" if missing else "", f"not in .sops.yaml: {', '.join(extra)}" if extra else "") if x)
+        problems.append(f"encrypted to other age recipients than its .sops.yaml rule ({detail}): re-create or `sops updatekeys` it")
+    for key in ("encrypted_regex", "unencrypted_regex", "encrypted_suffix", "unencrypted_suffix"):
+        if rule.get(key) != meta.get(key):
+            problems.append(f"sops metadata {key} is {meta.get(key)!r}, its .sops.yaml rule says {rule.get(key)!r}")
+    if bool(rule.get("mac_only_encrypted")) != bool(meta.get("mac_only_encrypted")):
+        problems.append(f"sops metadata mac_only_encrypted is {bool(meta.get('mac_only_encrypted'))}, its .sops.yaml rule says {bool(rule.get('mac_only_encrypted'))}: re-encrypt it")
+    proc = subprocess.run(["sops", "filestatus", str(path)], capture_output=True, text=True, timeout=60)
+    status = {}
+    try:
+        status = json.loads(proc.stdout or "{}")
+    except json.JSONDecodeError:
+        pass
+    if proc.returncode != 0 or status.get("encrypted") is not True:
+        problems.append(f"sops does not read it as an encrypted file (`sops filestatus`: {(proc.stderr or proc.stdout).strip()[:200]})")
+    return problems
+
+
 def check_secrets(root: Path, tree: Tree) -> Report:
     report = Report()
     for obj in tree.objects:
         if obj.kind != "Secret" or obj.api_version != "v1":
             continue
         if not re.search(r"\.enc\.(json|yaml)$", obj.source):
-            report.findings.append(
-                Finding(obj.source, f"{obj.ident()} is a Secret outside a *.enc.yaml file: plaintext secrets are not allowed; move it to NAME.enc.yaml and encrypt it with sops")
-            )
+            report.find(obj.source, f"{obj.ident()} is a Secret outside a *.enc.yaml file: plaintext secrets are not allowed; move it to NAME.enc.yaml and encrypt it with sops")
         if "sops" not in obj.body:
-            report.findings.append(Finding(obj.source, f"{obj.ident()} is not SOPS-encrypted (plaintext Secret); encrypt it: sops encrypt -i {obj.source}"))
+            report.find(obj.source, f"{obj.ident()} is not SOPS-encrypted (plaintext Secret); encrypt it: sops encrypt -i {obj.source}")
             continue
         for problem in sops_envelope_problems(obj.body, ("data", "stringData")):
-            report.findings.append(Finding(obj.source, f"{obj.ident()}: {problem}"))
+            report.find(obj.source, f"{obj.ident()}: {problem}")
     for path in sorted(root.rglob("*.enc.*")):
         if not re.search(r"\.enc\.(json|yaml)$", path.name) or _ignored(root, path):
             continue
         try:
             docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
         except yaml.YAMLError as err:
-            report.findings.append(Finding(rel(root, path), f"not valid YAML/JSON: {err}"))
+            report.find(rel(root, path), f"not valid YAML/JSON: {err}")
             continue
         for doc in docs:
             keys = ("data", "stringData") if isinstance(doc, dict) and doc.get("kind") == "Secret" else None
+            ident = f"{doc.get('kind')} {(doc.get('metadata') or {}).get('namespace', '')}/{(doc.get('metadata') or {}).get('name', '')}: " if isinstance(doc, dict) and doc.get("kind") else ""
             problems = sops_envelope_problems(doc, keys) if isinstance(doc, dict) else ["not a mapping"]
+            if isinstance(doc, dict) and not problems:
+                problems = sops_file_problems(root, path, doc)
             for problem in problems:
-                report.findings.append(Finding(rel(root, path), problem))
+                report.find(rel(root, path), f"{ident}{problem}")
     return report
 
 
@@ -565,15 +337,19 @@ def check_sops_config(root: Path) -> Report:
     path = root / ".sops.yaml"
     if not path.is_file():
         return Report([Finding(".sops.yaml", "missing: SOPS creation rules for \\.enc\\.(json|yaml)$")])
-    config = yaml.safe_load(path.read_text()) or {}
-    rules = config.get("creation_rules") or []
+    rules = sops_rules(root)
     if not any(r.get("path_regex", "").endswith(r"\.enc\.(json|yaml)$") for r in rules):
-        report.findings.append(Finding(".sops.yaml", "no creation rule with path_regex \\.enc\\.(json|yaml)$"))
-    for rule in rules:
-        for recipient in str(rule.get("age", "")).split(","):
-            recipient = recipient.strip()
-            if recipient and not AGE_RECIPIENT.match(recipient):
-                report.notes.append(Note(".sops.yaml", f"age recipient {recipient!r} is a placeholder: replace it with your age public key"))
+        report.find(".sops.yaml", "no creation rule with path_regex \\.enc\\.(json|yaml)$")
+    for i, rule in enumerate(rules):
+        if rule.get("mac_only_encrypted") is not True:
+            report.find(
+                ".sops.yaml",
+                f"creation_rules[{i}] ({rule.get('path_regex')}): mac_only_encrypted is not true: the MAC then covers the plain fields too, "
+                "so editing a comment, a name or a namespace without the key breaks the file",
+            )
+        for recipient in sorted(_recipients(rule.get("age"))):
+            if not AGE_RECIPIENT.match(recipient):
+                report.find(".sops.yaml", f"creation_rules[{i}]: age recipient {recipient!r} is not an age X25519 recipient (age1...): put your key's public half here")
     return report
 
 
@@ -688,7 +464,7 @@ def check_terraform(root: Path) -> Report:
     for path in files:
         text = path.read_text()
         try:
-            parsed[path] = hcl2.loads(text)
+            parsed[path] = hcl(text)
         except Exception as err:  # lark raises several exception types for syntax errors
             message = str(err).splitlines()[0]
             line = getattr(err, "line", None)
@@ -752,12 +528,24 @@ def check_terraform(root: Path) -> Report:
 def check_all(root: Path, fixtures: Path | None = None) -> Report:
     root = root.resolve()
     fixtures = fixtures or default_fixtures(root)
+    crds = schemas._load_crds(str(fixtures))  # fails early and clearly without the fixtures
+    del crds
     report = Report()
-    tree = load_tree(root)
+    tree = load_tree(root, fixtures)
     report.findings.extend(tree.findings)
-    report.extend(check_schemas(root, tree, crd_index(root, fixtures, tree)))
+    report.notes.extend(tree.notes)
+    kubernetes = schemas.schema_version(versions.kubernetes_minor(root))
+    report.extend(schemas.check_schemas(tree, crd_index(fixtures, tree), kubernetes))
     report.extend(check_flux_graph(root, tree))
     report.extend(check_reachability(root, tree))
+    report.extend(references.check_references(tree))
+    report.extend(layering.check_ordering(root, tree, fixtures))
+    report.extend(layering.check_ownership(tree))
+    report.extend(layering.check_decryption(root, tree))
+    report.extend(chart_values.check_values(tree, fixtures))
+    report.extend(versions.check_versions(root, tree))
+    report.extend(versions.check_compatibility(root, tree, fixtures))
+    report.extend(conventions.check_conventions(tree))
     report.extend(check_secrets(root, tree))
     report.extend(check_sops_config(root))
     report.extend(check_leaks(root))

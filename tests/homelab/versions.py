@@ -1,0 +1,231 @@
+"""Versions: the same component pinned in several places agrees, and the pinned versions are
+compatible with each other as compatibility.yaml writes down (with its upstream sources).
+
+Pins compared:
+- cert-manager: the HelmRelease's chart version, the bundle lock's `cert-manager-crds` (the CRDs
+  the bootstrap agent pre-installs: they must be the chart's own), its URL;
+- Gateway API: the tag of the GitRepository's commit pin (its Renovate annotation), the bundle
+  lock's `gateway-api-crds`, its URL;
+- Flux: the `flux-components` OCIRepository tag and the bundle lock's `flux-components`;
+- any `<component> vX.Y.Z` the README mentions.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flux_tree import Tree
+from model import Report, dig, fixture_docs, hcl
+
+HERE = Path(__file__).resolve().parent
+COMPATIBILITY = HERE / "compatibility.yaml"
+BUNDLE_LOCK = "agent/bundle/bundle.lock.yaml"
+RENOVATE_TAG = re.compile(r"#\s*renovate:.*\bdepName=(?P<dep>\S+).*\btag=(?P<tag>\S+)")
+SEMVER = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def minor(version: str) -> str:
+    m = SEMVER.search(str(version))
+    return f"{m.group(1)}.{m.group(2)}" if m else ""
+
+
+def _norm(version: str) -> str:
+    return str(version).removeprefix("v")
+
+
+def bundle_artifacts(root: Path) -> dict[str, dict[str, Any]]:
+    path = root / BUNDLE_LOCK
+    if not path.is_file():
+        return {}
+    doc = yaml.safe_load(path.read_text()) or {}
+    return {str(a.get("name")): a for a in doc.get("artifacts") or [] if isinstance(a, dict)}
+
+
+def _helm_chart_version(tree: Tree, chart: str) -> tuple[str, str] | None:
+    for hr in tree.by_kind("HelmRelease", "helm.toolkit.fluxcd.io"):
+        if dig(hr.spec, "chart", "spec", "chart") == chart:
+            return str(dig(hr.spec, "chart", "spec", "version", default="")), hr.source
+    return None
+
+
+def gateway_api_pin(root: Path, tree: Tree) -> tuple[str, str] | None:
+    """The Gateway API tag the tree pins (the Renovate annotation above its commit pin)."""
+    for obj in tree.by_kind("GitRepository", "source.toolkit.fluxcd.io"):
+        if "kubernetes-sigs/gateway-api" in str(obj.spec.get("url", "")):
+            text = (root / obj.source).read_text() if (root / obj.source).is_file() else ""
+            m = RENOVATE_TAG.search(text)
+            return (m.group("tag"), obj.source) if m else ("", obj.source)
+    return None
+
+
+def pinned_talos(root: Path) -> tuple[str, str | None, str]:
+    """(Talos version, Kubernetes version or None, where) from image-factory/versions.yaml, the
+    one place both are pinned (the Makefile, image-factory, Terraform and Renovate read it)."""
+    where = "image-factory/versions.yaml"
+    path = root / where
+    values: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            m = re.match(r"^([a-z_]+):\s*(\S+)", line)
+            if m:
+                values[m.group(1)] = m.group(2)
+    return values.get("talos", ""), values.get("kubernetes"), where
+
+
+def _compare(report: Report, component: str, pins: list[tuple[str, str, str]]) -> None:
+    """pins: (where, what, version). All must agree."""
+    present = [(w, what, v) for w, what, v in pins if v]
+    if len({_norm(v) for _, _, v in present}) > 1:
+        listing = "; ".join(f"{what} = {v} ({w})" for w, what, v in present)
+        report.find(present[0][0], f"{component} is pinned at different versions: {listing}; move them together")
+
+
+def check_versions(root: Path, tree: Tree) -> Report:
+    report = Report()
+    lock = bundle_artifacts(root)
+    cm = _helm_chart_version(tree, "cert-manager")
+    crds = lock.get("cert-manager-crds", {})
+    if cm:
+        _compare(
+            report,
+            "cert-manager",
+            [
+                (cm[1], "HelmRelease cert-manager chart version", cm[0]),
+                (BUNDLE_LOCK, "bundle lock cert-manager-crds version", str(crds.get("version", ""))),
+                (BUNDLE_LOCK, "bundle lock cert-manager-crds url", _url_version(crds.get("url"))),
+            ],
+        )
+    gw = gateway_api_pin(root, tree)
+    gw_lock = lock.get("gateway-api-crds", {})
+    if gw:
+        _compare(
+            report,
+            "Gateway API",
+            [
+                (gw[1], "GitRepository gateway-api tag (renovate annotation)", gw[0]),
+                (BUNDLE_LOCK, "bundle lock gateway-api-crds version", str(gw_lock.get("version", ""))),
+                (BUNDLE_LOCK, "bundle lock gateway-api-crds url", _url_version(gw_lock.get("url"))),
+            ],
+        )
+    flux_tag = ""
+    flux_where = ""
+    for obj in tree.by_kind("OCIRepository", "source.toolkit.fluxcd.io"):
+        if str(obj.spec.get("url", "")).endswith("/fluxcd/flux-manifests"):
+            flux_tag, flux_where = str(dig(obj.spec, "ref", "tag", default="")), obj.source
+    flux_lock = lock.get("flux-components", {})
+    if flux_tag:
+        _compare(
+            report,
+            "Flux",
+            [
+                (flux_where, "OCIRepository flux-manifests tag", flux_tag),
+                (BUNDLE_LOCK, "bundle lock flux-components version", str(flux_lock.get("version", ""))),
+                (BUNDLE_LOCK, "bundle lock flux-components url", _url_version(flux_lock.get("url"))),
+            ],
+        )
+    readme = root / "README.md"
+    if readme.is_file():
+        text = readme.read_text()
+        known = {"cert-manager": cm[0] if cm else "", "Gateway API": gw[0] if gw else "", "Flux": flux_tag}
+        for component, version in known.items():
+            if not version:
+                continue
+            for m in re.finditer(rf"{re.escape(component)} (v?\d+\.\d+\.\d+)", text):
+                if _norm(m.group(1)) != _norm(version):
+                    line = text.count("\n", 0, m.start()) + 1
+                    report.find(f"README.md:{line}", f"README says {component} {m.group(1)}, the tree pins {version}")
+    return report
+
+
+def _url_version(url: Any) -> str:
+    m = re.search(r"/download/(v?\d+\.\d+\.\d+[^/]*)/", str(url or ""))
+    return m.group(1) if m else ""
+
+
+def compatibility() -> dict[str, Any]:
+    return yaml.safe_load(COMPATIBILITY.read_text()) or {}
+
+
+def check_compatibility(root: Path, tree: Tree, fixtures: Path) -> Report:
+    report = Report()
+    compat = compatibility()
+    where = "tests/homelab/compatibility.yaml"
+
+    traefik = _helm_chart_version(tree, "traefik")
+    facts = compat.get("traefik") or {}
+    if traefik and traefik[0] != str(facts.get("chart")):
+        report.find(
+            traefik[1],
+            f"HelmRelease traefik pins chart {traefik[0]} but {where} holds the compatibility facts of chart {facts.get('chart')}: "
+            "re-read the new chart's Gateway API support (README, Traefik's kubernetes-gateway docs and client.go) and update the file",
+        )
+    gw = gateway_api_pin(root, tree)
+    gw_fixture = fixtures / "gateway-api.standard.crds.yaml"
+    if gw and gw_fixture.is_file():
+        served: dict[str, set[str]] = {}
+        bundle_version = ""
+        for crd in fixture_docs(gw_fixture):
+            if isinstance(crd, dict) and crd.get("kind") == "CustomResourceDefinition":
+                kind = crd["spec"]["names"]["kind"]
+                served[kind] = {v["name"] for v in crd["spec"]["versions"] if v.get("served")}
+                bundle_version = dig(crd, "metadata", "annotations", "gateway.networking.k8s.io/bundle-version", default=bundle_version)
+        if _norm(bundle_version) != _norm(gw[0]):
+            report.find(gw[1], f"Gateway API is pinned at {gw[0]} but the CRD fixtures are {bundle_version}: add the {gw[0]} CRDs to the upstream fixtures")
+        else:
+            for kind, version in (facts.get("gateway_api_reads") or {}).items():
+                if version not in served.get(kind, set()):
+                    report.find(
+                        gw[1],
+                        f"Gateway API {gw[0]} does not serve {kind} {version}, which Traefik {facts.get('proxy')} reads ({where}): its Gateway provider cannot start",
+                    )
+        conformance = str(facts.get("gateway_api_conformance", ""))
+        accepted = facts.get("gateway_api_accepted") or {}
+        if minor(gw[0]) != minor(conformance) and gw[0] not in accepted:
+            report.find(
+                gw[1],
+                f"Gateway API {gw[0]} is not the version Traefik {facts.get('proxy')} implements ({conformance}) and {where} does not accept it (gateway_api_accepted)",
+            )
+
+    cm = _helm_chart_version(tree, "cert-manager")
+    cm_fixture = fixtures / "cert-manager.crds.yaml"
+    if cm and cm_fixture.is_file():
+        labelled = {str(dig(d, "metadata", "labels", "app.kubernetes.io/version", default="")) for d in fixture_docs(cm_fixture) if isinstance(d, dict)}
+        if {_norm(v) for v in labelled} != {_norm(cm[0])}:
+            report.find(cm[1], f"HelmRelease cert-manager pins chart {cm[0]} but the cert-manager CRD fixtures are {', '.join(sorted(labelled))}: add the CRDs of {cm[0]} to the upstream fixtures")
+
+    kyverno = _helm_chart_version(tree, "kyverno")
+    kfacts = compat.get("kyverno") or {}
+    app = str(kfacts.get("app", ""))
+    if kyverno and not list(fixtures.glob(f"kyverno-{app}.*.yaml")):
+        report.find(kyverno[1], f"no Kyverno {app} CRD fixtures (kyverno-{app}.*.yaml) to check the policies against")
+    if kyverno and kyverno[0] != str(kfacts.get("chart")):
+        report.find(kyverno[1], f"HelmRelease kyverno pins chart {kyverno[0]} but {where} holds the facts of chart {kfacts.get('chart')}: re-read its tested Kubernetes range and update the file")
+    talos, explicit, talos_where = pinned_talos(root)
+    kube = minor(explicit) if explicit else str((compat.get("talos_default_kubernetes") or {}).get(minor(talos), ""))
+    if not kube:
+        report.find(talos_where, f"Talos {talos}: its default Kubernetes version is not written down in {where} (talos_default_kubernetes); read constants.go at that tag")
+    elif kyverno:
+        low, high = (kfacts.get("kubernetes_tested") or ["", ""])[:2]
+        inside = _minor_tuple(low) <= _minor_tuple(kube) <= _minor_tuple(high)
+        if not inside and kube not in (kfacts.get("kubernetes_accepted") or {}):
+            report.find(
+                kyverno[1],
+                f"Kyverno {kfacts.get('app')} is tested on Kubernetes {low} to {high}, the cluster runs {kube} (Talos {talos}, {talos_where}) and {where} does not accept it",
+            )
+    return report
+
+
+def kubernetes_minor(root: Path) -> str:
+    talos, explicit, _ = pinned_talos(root)
+    if explicit:
+        return minor(explicit)
+    return str((compatibility().get("talos_default_kubernetes") or {}).get(minor(talos), ""))
+
+
+def _minor_tuple(version: str) -> tuple[int, int]:
+    m = SEMVER.search(str(version))
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
