@@ -11,11 +11,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::bundle::BundleError;
 use crate::config::RetryConfig;
+use crate::error::{Classify, chain};
+use crate::kube::KubeError;
 use crate::plan::{Plan, StepId};
+use crate::seal::SealError;
 use crate::status::{
     ErrorKind, ErrorRecord, ObjectRecord, Phase, Status, StatusFile, StepState, TpmRecord, now,
 };
+use crate::talos::TalosError;
 
 /// What a step attempt achieved.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +99,39 @@ impl StepFailure {
     pub fn with_objects(mut self, objects: Vec<ObjectRecord>) -> StepFailure {
         self.objects = objects;
         self
+    }
+
+    /// A failure as its error classifies itself: kind, the message with its sources, the hint.
+    pub fn classified<E: Classify>(e: &E) -> StepFailure {
+        StepFailure {
+            hint: e.hint(),
+            ..Self::new(e.kind(), chain(e))
+        }
+    }
+}
+
+/// `?` in a step turns any of the agent's errors into a classified failure.
+macro_rules! classified_failure {
+    ($($error:ty),+) => {
+        $(impl From<$error> for StepFailure {
+            fn from(e: $error) -> StepFailure {
+                StepFailure::classified(&e)
+            }
+        })+
+    };
+}
+classified_failure!(TalosError, SealError, BundleError);
+
+impl From<KubeError> for StepFailure {
+    /// The objects that failed to apply are part of the failure's report.
+    fn from(e: KubeError) -> StepFailure {
+        let objects = match &e {
+            KubeError::Apply { failures, .. } => {
+                failures.iter().cloned().map(ObjectRecord::from).collect()
+            }
+            _ => Vec::new(),
+        };
+        StepFailure::classified(&e).with_objects(objects)
     }
 }
 

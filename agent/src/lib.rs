@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod duration;
+pub mod error;
 pub mod exit;
 pub mod kube;
 pub mod logging;

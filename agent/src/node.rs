@@ -5,15 +5,13 @@
 use tracing::info;
 
 use crate::boot::{Outcome, StepFailure, Steps};
-use crate::bundle::{Bundle, BundleError, BundleLock, FetchOptions, LOCK_FILE};
+use crate::bundle::{Bundle, BundleLock, FetchOptions, LOCK_FILE};
 use crate::config::{ClusterAccess, Config, SealedSource, SecretConfig, SecretFormat};
-use crate::kube::{
-    Cluster, FluxSync, KubeError, ObjectReport, Readiness, SecretOutcome, SecretSpec,
-};
+use crate::kube::{Cluster, FluxSync, ObjectReport, Readiness, SecretOutcome, SecretSpec};
 use crate::plan::{PlannedObject, Stage, StepId};
 use crate::seal::{self, SealError, SealedInput, TpmSettings, UnsealOutcome};
 use crate::status::{ObjectRecord, TpmRecord};
-use crate::talos::{BootstrapOutcome, Kubeconfig, NodeClient, TalosError};
+use crate::talos::{BootstrapOutcome, Kubeconfig, NodeClient};
 use crate::tpm::seed::SeedError;
 
 /// The agent's view of the node during one run.
@@ -136,7 +134,7 @@ impl Node {
             return Err(StepFailure::config("the Talos API is not configured"));
         };
         if self.talos.is_none() {
-            self.talos = Some(NodeClient::connect(socket).await.map_err(talos_failure)?);
+            self.talos = Some(NodeClient::connect(socket).await?);
         }
         self.talos
             .as_mut()
@@ -149,14 +147,14 @@ impl Node {
             Ok(tag) => Ok(Outcome::done(format!("machined answers (Talos {tag})"))),
             Err(e) => {
                 self.talos = None;
-                Err(talos_failure(e))
+                Err(e.into())
             }
         }
     }
 
     async fn etcd(&mut self) -> Result<Outcome, StepFailure> {
         let client = self.talos().await?;
-        match client.bootstrap().await.map_err(talos_failure)? {
+        match client.bootstrap().await? {
             BootstrapOutcome::Bootstrapped => {
                 info!("etcd bootstrapped");
                 Ok(Outcome::done("etcd bootstrapped"))
@@ -169,7 +167,7 @@ impl Node {
 
     async fn kubeconfig(&mut self) -> Result<Outcome, StepFailure> {
         let client = self.talos().await?;
-        let kubeconfig = client.kubeconfig().await.map_err(talos_failure)?;
+        let kubeconfig = client.kubeconfig().await?;
         let size = kubeconfig.as_str().len();
         self.kubeconfig = Some(kubeconfig);
         self.cluster = None;
@@ -192,15 +190,14 @@ impl Node {
                 Cluster::connect(kc.as_str()).await
             }
             ClusterAccess::Kubeconfig { path } => Cluster::connect_path(path).await,
-        }
-        .map_err(kube_failure)?;
+        }?;
         self.cluster = Some(cluster.clone());
         Ok(cluster)
     }
 
     async fn kube_api(&mut self) -> Result<Outcome, StepFailure> {
         let cluster = self.cluster().await?;
-        cluster.api_ready().await.map_err(kube_failure)?;
+        cluster.api_ready().await?;
         Ok(Outcome::done("the Kubernetes API is ready"))
     }
 
@@ -255,7 +252,7 @@ impl Node {
                 })
                 .collect();
             let cluster = self.cluster().await?;
-            let reports = cluster.seed_secrets(&specs).await.map_err(kube_failure)?;
+            let reports = cluster.seed_secrets(&specs).await?;
             drop(specs);
             for r in &reports {
                 let message = match r.outcome {
@@ -277,9 +274,7 @@ impl Node {
                 });
             }
             if missing.is_empty() {
-                blocking(settings, |s| seal::lock(&s))
-                    .await?
-                    .map_err(seal_failure)?;
+                blocking(settings, |s| seal::lock(&s)).await??;
                 notes.push(format!(
                     "PCR {} extended: the seed is locked until the next boot",
                     self.config.tpm.lock_pcr
@@ -322,8 +317,7 @@ impl Node {
             for s in &self.config.secrets {
                 if !cluster
                     .secret_has_key(&s.namespace, &s.name, &s.key)
-                    .await
-                    .map_err(kube_failure)?
+                    .await?
                 {
                     absent.push(s.label());
                 }
@@ -342,7 +336,7 @@ impl Node {
             ))
             .with_hint("reboot the node: the lock PCR resets and the agent unseals again"));
         }
-        Err(seal_failure(e))
+        Err(e.into())
     }
 
     async fn bundle(&mut self) -> Result<Bundle, StepFailure> {
@@ -350,11 +344,8 @@ impl Node {
             if let Some(Ok(b)) = &self.bundle {
                 return Ok(b.clone());
             }
-            let lock = BundleLock::load(&self.config.bundle.dir.join(LOCK_FILE))
-                .map_err(bundle_failure)?;
-            let bundle = Bundle::fetch(&lock, &FetchOptions::default())
-                .await
-                .map_err(bundle_failure)?;
+            let lock = BundleLock::load(&self.config.bundle.dir.join(LOCK_FILE))?;
+            let bundle = Bundle::fetch(&lock, &FetchOptions::default()).await?;
             self.bundle = Some(Ok(bundle.clone()));
             return Ok(bundle);
         }
@@ -372,8 +363,7 @@ impl Node {
         let cluster = self.cluster().await?;
         let reports = cluster
             .install_crds(&bundle, self.config.deadlines.crds)
-            .await
-            .map_err(kube_failure)?;
+            .await?;
         Ok(applied("definitions", reports))
     }
 
@@ -382,17 +372,13 @@ impl Node {
         let cluster = self.cluster().await?;
         let reports = cluster
             .install_flux(&bundle, self.config.deadlines.flux)
-            .await
-            .map_err(kube_failure)?;
+            .await?;
         Ok(applied("Flux components", reports))
     }
 
     async fn sync(&mut self) -> Result<Outcome, StepFailure> {
         let cluster = self.cluster().await?;
-        let reports = cluster
-            .apply_sync(&self.flux_sync())
-            .await
-            .map_err(kube_failure)?;
+        let reports = cluster.apply_sync(&self.flux_sync()).await?;
         Ok(Outcome::Done {
             message: summary("sync objects", &reports),
             objects: records(reports),
@@ -401,7 +387,7 @@ impl Node {
 
     async fn ready(&mut self) -> Result<Outcome, StepFailure> {
         let cluster = self.cluster().await?;
-        match cluster.check_ready(&self.flux_sync()).await.map_err(kube_failure)? {
+        match cluster.check_ready(&self.flux_sync()).await? {
             Readiness::Ready(reports) => Ok(Outcome::Done { message: "Flux reports the sync Ready".into(), objects: records(reports) }),
             Readiness::Progressing(reports) => {
                 let pending: Vec<String> = reports.iter().filter(|r| r.state != "Ready").map(ToString::to_string).collect();
@@ -503,51 +489,5 @@ impl From<ObjectReport> for ObjectRecord {
             state: r.state,
             message: r.message,
         }
-    }
-}
-
-fn talos_failure(e: TalosError) -> StepFailure {
-    let transient = e.is_transient();
-    let message = e.to_string();
-    if transient {
-        StepFailure::transient(message)
-    } else {
-        StepFailure::permanent(message)
-    }
-}
-
-fn kube_failure(e: KubeError) -> StepFailure {
-    let transient = e.is_transient();
-    let objects = match &e {
-        KubeError::Apply { failures, .. } => records(failures.clone()),
-        _ => Vec::new(),
-    };
-    let f = if transient {
-        StepFailure::transient(e.to_string())
-    } else {
-        StepFailure::permanent(e.to_string())
-    };
-    f.with_objects(objects)
-}
-
-fn bundle_failure(e: BundleError) -> StepFailure {
-    if e.is_transient() {
-        StepFailure::transient(e.to_string())
-    } else {
-        StepFailure::permanent(e.to_string())
-            .with_hint("check bundle.lock.yaml: its pins decide what the agent accepts")
-    }
-}
-
-fn seal_failure(e: SealError) -> StepFailure {
-    let hint = e.hint();
-    let f = if e.is_transient() {
-        StepFailure::transient(e.to_string())
-    } else {
-        StepFailure::permanent(e.to_string())
-    };
-    match hint {
-        Some(h) => f.with_hint(h),
-        None => f,
     }
 }

@@ -13,6 +13,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::error::{Classify, ErrorKind};
 use crate::tpm::seed::{self, Enrolment, SeedError, SeedLocation};
 use crate::tpm::{Tpm, TpmError, transport};
 
@@ -150,17 +151,15 @@ pub enum SealError {
     NotAnIdentity { label: String, detail: String },
 }
 
-impl SealError {
-    /// Whether retrying within the same boot may succeed.
-    pub fn is_transient(&self) -> bool {
+impl Classify for SealError {
+    fn kind(&self) -> ErrorKind {
         match self {
-            SealError::Seed(e) => e.is_transient(),
-            _ => false,
+            SealError::Seed(e) => e.kind(),
+            _ => ErrorKind::Permanent,
         }
     }
 
-    /// What an operator can do, beyond the message.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             SealError::Seed(e) => e.hint(),
             _ => None,

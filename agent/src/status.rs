@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::duration::format_short;
+pub use crate::error::ErrorKind;
 use crate::plan::StepId;
 
 /// Version of the document's shape; bump on incompatible changes.
@@ -130,17 +131,6 @@ impl StepState {
             StepState::NotImplemented => "not implemented",
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ErrorKind {
-    /// Retrying may help.
-    Transient,
-    /// Retrying will not help; something must change.
-    Permanent,
-    /// The configuration is wrong.
-    Config,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use bootstrap_agent::error::Classify;
 use bootstrap_agent::seal::{
     self, SealError, SealedInput, TpmSettings, UnsealOutcome, UnsealedSecret,
 };

@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use bootstrap_agent::error::Classify;
 use bootstrap_agent::seal::{self, SealError, TpmSettings};
 use bootstrap_agent::tpm::seed::{self, SeedLocation};
 use bootstrap_agent::tpm::transport::{self, Transport};

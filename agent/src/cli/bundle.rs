@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use crate::bundle::{self, Bundle, BundleLock, FetchOptions};
+use crate::error::Classify;
 
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {

@@ -9,6 +9,7 @@ use clap::Args;
 
 use crate::config::DEFAULT_STATUS;
 use crate::duration::parse_duration;
+use crate::error::Classify;
 use crate::status::{Phase, Status};
 use crate::talos::{OperatorClient, TalosConfigOptions, TalosConfigSelection, TalosError};
 
@@ -119,6 +120,11 @@ pub fn main(args: &StatusArgs) -> u8 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bootstrap-agent status: {e}");
+            if let StatusCommandError::Talos(t) = &e
+                && let Some(hint) = t.hint()
+            {
+                eprintln!("hint: {hint}");
+            }
             match e {
                 StatusCommandError::TalosConfig(_) => crate::exit::CONFIG,
                 _ => crate::exit::TRANSIENT,

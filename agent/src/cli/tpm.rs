@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::error::Classify;
 use crate::exit;
 use crate::seal::{self, SealError, SealedInput, TpmSettings};
 use crate::tpm::seed::SeedError;

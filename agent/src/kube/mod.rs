@@ -22,6 +22,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::time::Instant;
 
 use crate::bundle::{Bundle, BundleError, Manifest};
+use crate::error::{Classify, ErrorKind, chain, transient_if};
 
 pub use flux::{FluxSync, Readiness};
 pub use secrets::{SecretOutcome, SecretReport, SecretSpec};
@@ -93,8 +94,12 @@ pub enum KubeError {
         reason: String,
         message: String,
     },
-    #[error("{context}: cannot talk to the API server: {message}")]
-    Transport { context: String, message: String },
+    #[error("{context}: cannot talk to the API server: {}", chain(source))]
+    Transport {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("{context}: {message}")]
     Other { context: String, message: String },
     #[error(
@@ -117,9 +122,23 @@ pub enum KubeError {
     Bundle(#[from] BundleError),
 }
 
+impl Classify for KubeError {
+    fn kind(&self) -> ErrorKind {
+        transient_if(KubeError::is_transient(self))
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            KubeError::Bundle(b) => b.hint(),
+            _ => None,
+        }
+    }
+}
+
 impl KubeError {
     /// Worth retrying: server errors (5xx, 429), connection failures, and deadlines that may
-    /// pass on a later attempt. Conflicts, refusals and invalid objects are not.
+    /// pass on a later attempt. Conflicts, refusals and invalid objects are not. (The
+    /// [`Classify`] answer; kept as a method of its own for the request retry helper.)
     pub fn is_transient(&self) -> bool {
         match self {
             KubeError::Api { code, .. } => *code >= 500 || *code == 429,
@@ -143,11 +162,11 @@ impl KubeError {
             | kube::Error::ReadEvents(_)
             | kube::Error::HttpError(_) => KubeError::Transport {
                 context: context.into(),
-                message: error_chain(&e),
+                source: e,
             },
             other => KubeError::Other {
                 context: context.into(),
-                message: error_chain(&other),
+                message: chain(&other),
             },
         }
     }
@@ -158,20 +177,6 @@ impl KubeError {
             _ => None,
         }
     }
-}
-
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let cs = c.to_string();
-        if !s.contains(&cs) {
-            s.push_str(": ");
-            s.push_str(&cs);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Tunables of a [`Cluster`].
@@ -207,15 +212,14 @@ pub struct Cluster {
 impl Cluster {
     /// Connects with an in-memory kubeconfig (as Talos returns it); nothing is written to disk.
     pub async fn connect(kubeconfig_yaml: &str) -> Result<Cluster, KubeError> {
-        let kc = Kubeconfig::from_yaml(kubeconfig_yaml)
-            .map_err(|e| KubeError::Kubeconfig(error_chain(&e)))?;
+        let kc =
+            Kubeconfig::from_yaml(kubeconfig_yaml).map_err(|e| KubeError::Kubeconfig(chain(&e)))?;
         Cluster::from_kubeconfig(kc).await
     }
 
     pub async fn connect_path(path: &Path) -> Result<Cluster, KubeError> {
-        let kc = Kubeconfig::read_from(path).map_err(|e| {
-            KubeError::Kubeconfig(format!("{}: {}", path.display(), error_chain(&e)))
-        })?;
+        let kc = Kubeconfig::read_from(path)
+            .map_err(|e| KubeError::Kubeconfig(format!("{}: {}", path.display(), chain(&e))))?;
         Cluster::from_kubeconfig(kc).await
     }
 
@@ -224,7 +228,7 @@ impl Cluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
-            .map_err(|e| KubeError::Kubeconfig(error_chain(&e)))?;
+            .map_err(|e| KubeError::Kubeconfig(chain(&e)))?;
         config.connect_timeout = Some(Duration::from_secs(10));
         config.read_timeout = Some(Duration::from_secs(60));
         config.write_timeout = Some(Duration::from_secs(60));
@@ -234,7 +238,7 @@ impl Cluster {
         // belong to `retry` (per request, capped) and the boot machine (per step, in status).
         config.default_retry = false;
         let client =
-            kube::Client::try_from(config).map_err(|e| KubeError::Kubeconfig(error_chain(&e)))?;
+            kube::Client::try_from(config).map_err(|e| KubeError::Kubeconfig(chain(&e)))?;
         Ok(Cluster {
             client,
             options: ClusterOptions::default(),
