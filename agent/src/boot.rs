@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::bundle::BundleError;
 use crate::config::RetryConfig;
 use crate::error::{Classify, chain};
+use crate::exit::Exit;
 use crate::kube::KubeError;
 use crate::plan::{Plan, StepId};
 use crate::seal::SealError;
@@ -154,12 +155,10 @@ pub enum RunResult {
 
 impl RunResult {
     /// The process exit code for this result.
-    pub fn exit_code(self) -> u8 {
+    pub fn exit(self) -> Exit {
         match self {
-            RunResult::Ready | RunResult::Waiting => crate::exit::SUCCESS,
-            RunResult::Failed(ErrorKind::Transient) => crate::exit::TRANSIENT,
-            RunResult::Failed(ErrorKind::Config) => crate::exit::CONFIG,
-            RunResult::Failed(ErrorKind::Permanent) => crate::exit::PERMANENT,
+            RunResult::Ready | RunResult::Waiting => Exit::Success,
+            RunResult::Failed(kind) => kind.into(),
         }
     }
 }
@@ -639,8 +638,8 @@ mod tests {
             StepState::Failed
         );
         assert_eq!(
-            RunResult::Failed(ErrorKind::Transient).exit_code(),
-            crate::exit::TRANSIENT
+            RunResult::Failed(ErrorKind::Transient).exit(),
+            Exit::Transient
         );
     }
 
@@ -755,7 +754,7 @@ mod tests {
         );
         let mut m = machine(&plan, steps.clone(), dir.path(), None);
         assert_eq!(m.run().await, RunResult::Waiting);
-        assert_eq!(RunResult::Waiting.exit_code(), crate::exit::SUCCESS);
+        assert_eq!(RunResult::Waiting.exit(), Exit::Success);
         assert_eq!(steps.calls(StepId::Ready), 1);
         assert_eq!(m.status().phase, Phase::Waiting);
         assert_eq!(m.status().tpm, Some(tpm));

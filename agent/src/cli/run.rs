@@ -8,6 +8,7 @@ use tracing::{error, info, warn};
 
 use crate::boot::{Machine, RunResult};
 use crate::config::{Config, ConfigError, DEFAULT_STATUS, env};
+use crate::exit::Exit;
 use crate::node::Node;
 use crate::plan::{Plan, StepId};
 use crate::status::{ErrorKind, ErrorRecord, Phase, Status, StatusFile, now};
@@ -26,23 +27,12 @@ pub struct RunArgs {
 /// How often a waiting agent looks at its configuration file for the sealed inputs.
 const CONFIG_POLL: Duration = Duration::from_secs(5);
 
-/// Runs the boot sequence; returns the exit code.
-pub fn main(args: &RunArgs) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "cannot start the async runtime");
-            return crate::exit::TRANSIENT;
-        }
-    };
-    runtime.block_on(run(args))
+/// Runs the boot sequence.
+pub fn run(args: &RunArgs) -> Exit {
+    super::block_on(2, boot(args))
 }
 
-async fn run(args: &RunArgs) -> u8 {
+async fn boot(args: &RunArgs) -> Exit {
     loop {
         // Read once: the same bytes are validated and later compared to notice a change.
         let text = std::fs::read(&args.config);
@@ -51,7 +41,7 @@ async fn run(args: &RunArgs) -> u8 {
             Err(e) => {
                 error!("{e}");
                 report_config_error(&e);
-                return crate::exit::CONFIG;
+                return Exit::Config;
             }
         };
         let mut node = Node::new(config.clone());
@@ -77,18 +67,18 @@ async fn run(args: &RunArgs) -> u8 {
             r = machine.run() => r,
             () = shutdown() => {
                 info!("stopped by signal");
-                return crate::exit::TRANSIENT;
+                return Exit::Transient;
             }
         };
         match result {
-            RunResult::Ready => return crate::exit::SUCCESS,
-            RunResult::Failed(kind) => return RunResult::Failed(kind).exit_code(),
-            RunResult::Waiting if args.once => return crate::exit::SUCCESS,
+            RunResult::Ready => return Exit::Success,
+            RunResult::Failed(kind) => return kind.into(),
+            RunResult::Waiting if args.once => return Exit::Success,
             RunResult::Waiting => {
                 info!(config = %args.config.display(), "waiting for the configuration to change (Talos restarts the service when it does)");
                 tokio::select! {
                     () = changed(&args.config, text.ok()) => info!("configuration changed; running again"),
-                    () = shutdown() => return crate::exit::SUCCESS,
+                    () = shutdown() => return Exit::Success,
                 }
             }
         }

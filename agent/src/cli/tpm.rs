@@ -2,12 +2,10 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use crate::error::Classify;
-use crate::exit;
+use crate::exit::Exit;
 use crate::seal::{self, SealError, SealedInput, TpmSettings};
-use crate::tpm::seed::SeedError;
 
 use clap::{Args, Subcommand};
 
@@ -74,33 +72,26 @@ pub enum TpmCommand {
 }
 
 /// Runs a `tpm` subcommand, writing to the process's stdout/stderr.
-pub fn run(command: &TpmCommand) -> ExitCode {
+pub fn run(command: &TpmCommand) -> Exit {
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
-    ExitCode::from(run_with(command, &mut out, &mut err))
+    run_with(command, &mut out, &mut err)
 }
 
 /// Runs a `tpm` subcommand: results on `out` (only public values), diagnostics on `err`.
-/// Returns the exit code (see [`crate::exit`]).
-pub fn run_with(command: &TpmCommand, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+pub fn run_with(command: &TpmCommand, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
     match execute(command, out, err) {
-        Ok(()) => exit::SUCCESS,
+        Ok(()) => Exit::Success,
         Err(Failure::Seal(e)) => {
             let _ = writeln!(err, "error: {e}");
             if let Some(h) = e.hint() {
                 let _ = writeln!(err, "hint: {h}");
             }
-            if e.is_transient() {
-                exit::TRANSIENT
-            } else if matches!(e, SealError::Seed(SeedError::Settings(_))) {
-                exit::CONFIG
-            } else {
-                exit::PERMANENT
-            }
+            e.kind().into()
         }
         Err(Failure::Input(msg)) => {
             let _ = writeln!(err, "error: {msg}");
-            exit::CONFIG
+            Exit::Config
         }
     }
 }
