@@ -451,6 +451,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::kube::ObjectState;
 
     type Script = HashMap<StepId, VecDeque<Result<Outcome, StepFailure>>>;
 
@@ -666,11 +667,11 @@ mod tests {
     async fn pending_is_polled_until_done_and_reports_objects() {
         let dir = tempfile::tempdir().unwrap();
         let plan = plan(TALOS);
-        let obj = |state: &str| ObjectRecord {
+        let obj = |state: ObjectState| ObjectRecord {
             kind: "Kustomization".into(),
             namespace: Some("flux-system".into()),
             name: "flux-system".into(),
-            state: state.into(),
+            state,
             message: String::new(),
         };
         let steps = Scripted::default().answer(
@@ -678,11 +679,11 @@ mod tests {
             vec![
                 Ok(Outcome::Pending {
                     message: "reconciling".into(),
-                    objects: vec![obj("Progressing")],
+                    objects: vec![obj(ObjectState::Progressing)],
                 }),
                 Ok(Outcome::Done {
                     message: "ready".into(),
-                    objects: vec![obj("Ready")],
+                    objects: vec![obj(ObjectState::Ready)],
                 }),
             ],
         );
@@ -690,7 +691,7 @@ mod tests {
         assert_eq!(m.run().await, RunResult::Ready);
         assert_eq!(
             m.status().objects,
-            vec![obj("Ready")],
+            vec![obj(ObjectState::Ready)],
             "one line per object, updated in place"
         );
     }

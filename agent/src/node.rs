@@ -7,7 +7,9 @@ use tracing::info;
 use crate::boot::{Outcome, StepFailure, Steps};
 use crate::bundle::{Bundle, BundleLock, FetchOptions, LOCK_FILE};
 use crate::config::{ClusterAccess, Config, SealedSource, SecretConfig, SecretFormat};
-use crate::kube::{Cluster, FluxSync, ObjectReport, Readiness, SecretOutcome, SecretSpec};
+use crate::kube::{
+    Cluster, FluxSync, ObjectReport, ObjectState, Readiness, SecretOutcome, SecretSpec,
+};
 use crate::plan::{PlannedObject, Stage, StepId};
 use crate::seal::{self, SealError, SealedInput, TpmSettings, UnsealOutcome};
 use crate::status::{ObjectRecord, TpmRecord};
@@ -269,7 +271,7 @@ impl Node {
                     kind: "Secret".into(),
                     namespace: Some(r.namespace.clone()),
                     name: r.name.clone(),
-                    state: format!("{:?}", r.outcome),
+                    state: r.outcome.into(),
                     message,
                 });
             }
@@ -292,7 +294,10 @@ impl Node {
                 tpm: Some(tpm),
             }),
             None => {
-                let created = objects.iter().filter(|o| o.state == "Created").count();
+                let created = objects
+                    .iter()
+                    .filter(|o| o.state == ObjectState::Created)
+                    .count();
                 let mut message =
                     format!("{} secret(s) in place, {created} created", objects.len());
                 for n in notes {
@@ -390,7 +395,7 @@ impl Node {
         match cluster.check_ready(&self.flux_sync()).await? {
             Readiness::Ready(reports) => Ok(Outcome::Done { message: "Flux reports the sync Ready".into(), objects: records(reports) }),
             Readiness::Progressing(reports) => {
-                let pending: Vec<String> = reports.iter().filter(|r| r.state != "Ready").map(ToString::to_string).collect();
+                let pending: Vec<String> = reports.iter().filter(|r| r.state != ObjectState::Ready).map(ToString::to_string).collect();
                 Ok(Outcome::Pending { message: format!("waiting for {}", pending.join("; ")), objects: records(reports) })
             }
             // Without its sealed inputs (the SOPS key) Flux cannot decrypt: its failure is the
@@ -455,16 +460,16 @@ fn applied(what: &str, reports: Vec<ObjectReport>) -> Outcome {
 }
 
 fn summary(what: &str, reports: &[ObjectReport]) -> String {
-    let mut counts: Vec<(String, usize)> = Vec::new();
+    let mut counts: Vec<(ObjectState, usize)> = Vec::new();
     for r in reports {
         match counts.iter_mut().find(|(s, _)| *s == r.state) {
             Some((_, n)) => *n += 1,
-            None => counts.push((r.state.clone(), 1)),
+            None => counts.push((r.state, 1)),
         }
     }
     let parts: Vec<String> = counts
         .iter()
-        .map(|(s, n)| format!("{n} {}", s.to_lowercase()))
+        .map(|(s, n)| format!("{n} {}", s.as_str().to_lowercase()))
         .collect();
     format!(
         "{what}: {}",
@@ -478,16 +483,4 @@ fn summary(what: &str, reports: &[ObjectReport]) -> String {
 
 fn records(reports: Vec<ObjectReport>) -> Vec<ObjectRecord> {
     reports.into_iter().map(ObjectRecord::from).collect()
-}
-
-impl From<ObjectReport> for ObjectRecord {
-    fn from(r: ObjectReport) -> ObjectRecord {
-        ObjectRecord {
-            kind: r.kind,
-            namespace: (!r.namespace.is_empty()).then_some(r.namespace),
-            name: r.name,
-            state: r.state,
-            message: r.message,
-        }
-    }
 }

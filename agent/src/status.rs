@@ -13,6 +13,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::duration::format_short;
 pub use crate::error::ErrorKind;
+use crate::kube::{ObjectReport, ObjectState};
 use crate::plan::StepId;
 
 /// Version of the document's shape; bump on incompatible changes.
@@ -160,9 +161,21 @@ pub struct ObjectRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub name: String,
-    pub state: String,
+    pub state: ObjectState,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+}
+
+impl From<ObjectReport> for ObjectRecord {
+    fn from(r: ObjectReport) -> ObjectRecord {
+        ObjectRecord {
+            kind: r.kind,
+            namespace: (!r.namespace.is_empty()).then_some(r.namespace),
+            name: r.name,
+            state: r.state,
+            message: r.message,
+        }
+    }
 }
 
 /// Now, as RFC 3339 (UTC).
@@ -517,7 +530,7 @@ mod tests {
             kind: "Kustomization".into(),
             namespace: Some("flux-system".into()),
             name: "flux-system".into(),
-            state: "Failed".into(),
+            state: ObjectState::Failed,
             message: "kustomize build failed".into(),
         }]);
         s

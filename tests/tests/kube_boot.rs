@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use bootstrap_agent::bundle::Bundle;
-use bootstrap_agent::kube::{Cluster, FluxSync, KubeError, Readiness, SecretOutcome, SecretSpec};
+use bootstrap_agent::kube::{
+    Cluster, FluxSync, KubeError, ObjectState, Readiness, SecretOutcome, SecretSpec,
+};
 use bootstrap_agent_tests::kubeapi::fixture::{Corpus, compose_bundle, upstream};
 use bootstrap_agent_tests::kubeapi::{CrdPolicy, KubeApi, ObjectRef, owners};
 use serde_json::{Value, json};
@@ -150,7 +152,7 @@ async fn fresh_cluster_is_bootstrapped_and_a_rerun_mutates_nothing() {
         .await
         .unwrap();
     assert!(
-        crd_reports.iter().all(|r| r.state == "Created"),
+        crd_reports.iter().all(|r| r.state == ObjectState::Created),
         "{crd_reports:#?}"
     );
     let established = e.api.established_crds();
@@ -231,7 +233,7 @@ async fn fresh_cluster_is_bootstrapped_and_a_rerun_mutates_nothing() {
     match e.cluster.check_ready(&sync()).await.unwrap() {
         Readiness::Progressing(r) => assert!(
             r.iter()
-                .any(|l| l.kind == "Deployment" && l.state == "Progressing"),
+                .any(|l| l.kind == "Deployment" && l.state == ObjectState::Progressing),
             "{r:#?}"
         ),
         other => panic!("expected Progressing before the controllers run, got {other:?}"),
@@ -276,7 +278,7 @@ async fn fresh_cluster_is_bootstrapped_and_a_rerun_mutates_nothing() {
         .await
         .unwrap();
     assert_eq!(kept.len(), 1);
-    assert_eq!(kept[0].state, "Kept");
+    assert_eq!(kept[0].state, ObjectState::Kept);
     assert!(kept[0].message.contains("owned by Git"), "{}", kept[0]);
 }
 
@@ -468,7 +470,7 @@ async fn conflicts_are_reported_not_forced_and_newer_crds_are_kept() {
         .iter()
         .find(|r| r.name == "certificates.cert-manager.io")
         .unwrap();
-    assert_eq!(kept.state, "Kept", "{kept}");
+    assert_eq!(kept.state, ObjectState::Kept, "{kept}");
     assert!(kept.message.contains("v1.22.0"), "{kept}");
     let stored = e
         .api
@@ -494,8 +496,8 @@ async fn conflicts_are_reported_not_forced_and_newer_crds_are_kept() {
             assert_eq!(failures.len(), 1, "{failures:#?}");
             let f = &failures[0];
             assert_eq!(
-                (f.kind.as_str(), f.name.as_str(), f.state.as_str()),
-                ("Service", "source-controller", "Conflict")
+                (f.kind.as_str(), f.name.as_str(), f.state),
+                ("Service", "source-controller", ObjectState::Conflict)
             );
             assert!(
                 f.message.contains("kubectl-edit") && f.message.contains(".spec.ports"),

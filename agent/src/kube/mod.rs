@@ -10,11 +10,11 @@
 
 mod apply;
 mod flux;
+mod report;
 mod resources;
 mod retry;
 mod secrets;
 
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use crate::bundle::{Bundle, BundleError, Manifest};
 use crate::error::{Classify, ErrorKind, chain, transient_if};
 
 pub use flux::{FluxSync, Readiness};
+pub use report::{ObjectReport, ObjectState};
 pub use secrets::{SecretOutcome, SecretReport, SecretSpec};
 
 /// The field manager of every write.
@@ -34,54 +35,6 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "bootstrap-agent";
 /// Annotation holding the sha256 of the object as the agent last applied it.
 pub const DIGEST_ANNOTATION: &str = "bootstrap-agent.io/applied-digest";
-
-/// One line of the status file: what happened to one object.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ObjectReport {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    /// Apply: Created, Configured, Unchanged, Kept (newer or owned elsewhere), Conflict, Failed.
-    /// Readiness: Ready, Progressing, Failed. Secrets: Created, Unchanged, Differs, Replaced.
-    pub state: String,
-    pub message: String,
-}
-
-impl ObjectReport {
-    pub fn new(
-        kind: &str,
-        namespace: &str,
-        name: &str,
-        state: &str,
-        message: impl Into<String>,
-    ) -> Self {
-        ObjectReport {
-            kind: kind.into(),
-            namespace: namespace.into(),
-            name: name.into(),
-            state: state.into(),
-            message: message.into(),
-        }
-    }
-    /// `Kind namespace/name` or `Kind name`.
-    pub fn object(&self) -> String {
-        if self.namespace.is_empty() {
-            format!("{} {}", self.kind, self.name)
-        } else {
-            format!("{} {}/{}", self.kind, self.namespace, self.name)
-        }
-    }
-}
-
-impl fmt::Display for ObjectReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.object(), self.state)?;
-        if !self.message.is_empty() {
-            write!(f, " ({})", self.message)?;
-        }
-        Ok(())
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -344,7 +297,7 @@ impl Cluster {
                 "Kustomization",
                 flux::NAMESPACE,
                 flux::NAME,
-                "Kept",
+                ObjectState::Kept,
                 format!("Flux components are owned by Git: flux-system has applied {rev}"),
             )]);
         }
