@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use tracing::{error, info, warn};
 
-use crate::boot::{Machine, RunResult};
+use crate::boot::{RunResult, Sequence};
 use crate::config::{Config, ConfigError, DEFAULT_STATUS, env};
 use crate::exit::Exit;
 use crate::node::Node;
@@ -62,9 +62,9 @@ async fn boot(args: &RunArgs) -> Exit {
                 None
             }
         };
-        let mut machine = Machine::new(&plan, node, file, previous, config.retry);
+        let mut sequence = Sequence::new(&plan, node, file, previous, config.retry);
         let result = tokio::select! {
-            r = machine.run() => r,
+            r = sequence.run() => r,
             () = shutdown() => {
                 info!("stopped by signal");
                 return Exit::Transient;
