@@ -1,0 +1,290 @@
+//! Configuration: one YAML file (normally mounted by Talos from an ExtensionServiceConfig) plus a
+//! few environment overrides for operational knobs.
+//!
+//! Raw input is turned into a validated [`Config`] once; nothing later re-validates. Validation
+//! reports every problem it finds, each naming the field, the file and line where known, and the
+//! fix.
+
+mod load;
+mod raw;
+mod unknown;
+mod validate;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where machined's API listens on a Talos node.
+pub use crate::talos::DEFAULT_MACHINED_SOCKET as DEFAULT_TALOS_SOCKET;
+/// The kernel's TPM resource manager.
+pub const DEFAULT_TPM_DEVICE: &str = "/dev/tpmrm0";
+/// Where the agent writes its status on the host (readable with `talosctl read`).
+pub const DEFAULT_STATUS: &str = "/var/lib/bootstrap-agent/status.json";
+/// Where the embedded bundle appears inside the service container (the extension carries it at
+/// `/usr/local/lib/containers/bootstrap-agent/bundle`, under the service's own root).
+pub const DEFAULT_BUNDLE_DIR: &str = "/bundle";
+/// The SecureBoot state PCR, and a PCR Talos never extends (the lock).
+pub use crate::seal::{DEFAULT_LOCK_PCR, DEFAULT_PCRS};
+/// The namespace Flux lives in.
+pub const FLUX_NAMESPACE: &str = "flux-system";
+
+/// Environment variables that override the file (operational knobs only).
+pub mod env {
+    /// Status file path.
+    pub const STATUS: &str = "BOOTSTRAP_AGENT_STATUS";
+    /// TPM address (`/dev/tpmrm0`, `tcp://HOST:PORT`, `unix:///PATH`).
+    pub const TPM: &str = "BOOTSTRAP_AGENT_TPM";
+    /// Cap of the retry backoff, a duration such as `30s`.
+    pub const RETRY_MAX: &str = "BOOTSTRAP_AGENT_RETRY_MAX";
+    /// Multiplies every step deadline, e.g. `0.1` in rehearsals or `3` on slow hardware.
+    pub const DEADLINE_SCALE: &str = "BOOTSTRAP_AGENT_DEADLINE_SCALE";
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this came from (for messages).
+    pub source: PathBuf,
+    pub cluster: ClusterAccess,
+    pub tpm: TpmConfig,
+    pub secrets: Vec<SecretConfig>,
+    pub bundle: BundleConfig,
+    pub flux: FluxConfig,
+    pub status: PathBuf,
+    pub deadlines: Deadlines,
+    pub retry: RetryConfig,
+}
+
+/// How the agent reaches the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterAccess {
+    /// On a Talos node: machined's local API gives etcd bootstrap and the kubeconfig.
+    Talos {
+        socket: PathBuf,
+        bootstrap_etcd: bool,
+    },
+    /// Any cluster, through a kubeconfig file (tests, rehearsals, clusters not on Talos).
+    Kubeconfig { path: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TpmConfig {
+    /// `/dev/tpmrm0`, `tcp://HOST:PORT` or `unix:///PATH`.
+    pub address: String,
+    /// PCRs (SHA-256 bank) the seed's read policy binds to.
+    pub pcrs: Vec<u32>,
+    /// PCR extended after use to lock the seed until the next boot.
+    pub lock_pcr: u32,
+    /// NV index of the seed; `None` takes the agent's default.
+    pub nv_index: Option<u32>,
+    /// Pinned name of the salt key (hex, as `tpm enroll` prints it): a TPM answering with another
+    /// key (an interposer on the bus) is refused.
+    pub salt_key_name: Option<String>,
+}
+
+/// One Kubernetes Secret the agent seeds from a sealed (age-encrypted to the TPM) input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretConfig {
+    pub namespace: String,
+    pub name: String,
+    /// Data key inside the Secret.
+    pub key: String,
+    /// `None` until the operator has sealed the value to this TPM.
+    pub sealed: Option<SealedSource>,
+    pub format: SecretFormat,
+    /// Replace a Secret whose content differs (never done unless asked for).
+    pub overwrite: bool,
+}
+
+impl SecretConfig {
+    /// `namespace/name`, for messages.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SealedSource {
+    /// ASCII-armored age file inline in the configuration.
+    Inline(String),
+    /// A file holding the ASCII-armored age file.
+    File(PathBuf),
+}
+
+/// What the decrypted value must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretFormat {
+    /// An age identity (`AGE-SECRET-KEY-1...`), as SOPS and kustomize-controller expect.
+    AgeIdentity,
+    /// Any bytes (deploy keys, tokens).
+    Raw,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BundleConfig {
+    /// Directory holding the bundle lock file (and, when embedded, the artifacts).
+    pub dir: PathBuf,
+    /// Fetch the artifacts over HTTPS at boot instead of reading them from `dir`.
+    pub fetch: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FluxConfig {
+    pub url: String,
+    pub branch: String,
+    pub path: String,
+    /// GitRepository interval.
+    pub interval: Duration,
+    /// Kustomization interval.
+    pub kustomization_interval: Duration,
+    /// Secret holding Git credentials (a deploy key), in `flux-system`.
+    pub secret_ref: Option<String>,
+}
+
+/// Per-step deadlines: how long a step may keep retrying before the run fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Deadlines {
+    pub talos_api: Duration,
+    pub etcd: Duration,
+    pub kube_api: Duration,
+    pub secrets: Duration,
+    pub crds: Duration,
+    pub flux: Duration,
+    pub ready: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            talos_api: Duration::from_secs(600),
+            etcd: Duration::from_secs(600),
+            kube_api: Duration::from_secs(900),
+            secrets: Duration::from_secs(300),
+            crds: Duration::from_secs(300),
+            flux: Duration::from_secs(300),
+            ready: Duration::from_secs(900),
+        }
+    }
+}
+
+/// Capped exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryConfig {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the field, e.g. `tpm.lockPcr` or `secrets[0].name`.
+    pub field: String,
+    /// 1-based line in the file, where known.
+    pub line: Option<u64>,
+    /// What is wrong.
+    pub message: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.field, self.message)?,
+            None => write!(f, "{}: {}", self.field, self.message)?,
+        }
+        if !self.fix.is_empty() {
+            write!(f, " (fix: {})", self.fix)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "cannot read configuration {path}: {source} (fix: check the path, or the ExtensionServiceConfig mountPath)"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration {path} is not valid YAML for this agent:\n{message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("configuration {path} has {} problem(s):\n{}", problems.len(), list(problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+impl ConfigError {
+    /// Every problem, for callers that render them differently.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { problems, .. } => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Problems with what the configuration references on this machine (files and directories).
+    /// `plan` and `run` both call this; the bundle's own contents are checked by the bundle module.
+    pub fn check_references(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let ClusterAccess::Kubeconfig { path } = &self.cluster
+            && !path.is_file()
+        {
+            problems.push(Problem {
+                field: "kubernetes.kubeconfig".into(),
+                line: None,
+                message: format!("{} does not exist or is not a file", path.display()),
+                fix: "point it at a readable kubeconfig".into(),
+            });
+        }
+        for (i, secret) in self.secrets.iter().enumerate() {
+            if let Some(SealedSource::File(file)) = &secret.sealed
+                && !file.is_file()
+            {
+                problems.push(Problem {
+                    field: format!("secrets[{i}].sealedFile"),
+                    line: None,
+                    message: format!("{} does not exist or is not a file", file.display()),
+                    fix: format!("write the age file sealed to this TPM there, or use `sealed:` inline for {}", secret.label()),
+                });
+            }
+        }
+        if !self.bundle.dir.is_dir() {
+            problems.push(Problem {
+                field: "bundle.dir".into(),
+                line: None,
+                message: format!("{} does not exist or is not a directory", self.bundle.dir.display()),
+                fix: "use the directory the extension image embeds, or build the extension with a bundle".into(),
+            });
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests;
