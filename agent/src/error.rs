@@ -35,6 +35,28 @@ pub trait Classify: std::error::Error {
     }
 }
 
+/// A value that is not what it stands for: what is wrong and what to write instead. The types
+/// that model the agent's inputs (a TPM address, a PCR policy, a Kubernetes name, a Git source)
+/// return it from their parsers; the configuration adds the field and the line, the command
+/// line the option.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} (fix: {fix})")]
+pub struct Invalid {
+    /// What is wrong, naming the value.
+    pub message: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+impl Invalid {
+    pub fn new(message: impl Into<String>, fix: impl Into<String>) -> Invalid {
+        Invalid {
+            message: message.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
 /// Transient or permanent, from a yes/no answer.
 pub fn transient_if(transient: bool) -> ErrorKind {
     if transient {

@@ -108,26 +108,15 @@ impl Node {
     }
 
     fn tpm_settings(&self) -> TpmSettings {
-        let t = &self.config.tpm;
-        let mut settings = TpmSettings {
-            address: t.address.clone(),
-            pcrs: t.pcrs.clone(),
-            lock_pcr: t.lock_pcr,
-            salt_key_name: t.salt_key_name.clone(),
-            ..TpmSettings::default()
-        };
-        if let Some(index) = t.nv_index {
-            settings.nv_index = index;
-        }
-        settings
+        self.config.tpm.clone()
     }
 
     fn flux_sync(&self) -> FluxSync {
         let f = &self.config.flux;
-        let mut sync = FluxSync::new(&f.url, &f.branch, &f.path);
+        let mut sync = FluxSync::new(f.url.as_str(), f.branch.as_str(), f.path.as_str());
         sync.interval = f.kustomization_interval;
         sync.source_interval = f.interval;
-        sync.secret_ref = f.secret_ref.clone();
+        sync.secret_ref = f.secret_ref.as_ref().map(ToString::to_string);
         sync
     }
 
@@ -246,9 +235,9 @@ impl Node {
                 .iter()
                 .zip(unsealed)
                 .map(|(cfg, secret)| SecretSpec {
-                    namespace: cfg.namespace.clone(),
-                    name: cfg.name.clone(),
-                    key: cfg.key.clone(),
+                    namespace: cfg.namespace.to_string(),
+                    name: cfg.name.to_string(),
+                    key: cfg.key.to_string(),
                     value: secret.value,
                     overwrite: cfg.overwrite,
                 })
@@ -279,7 +268,7 @@ impl Node {
                 blocking(settings, |s| seal::lock(&s)).await??;
                 notes.push(format!(
                     "PCR {} extended: the seed is locked until the next boot",
-                    self.config.tpm.lock_pcr
+                    self.config.tpm.policy.lock_pcr()
                 ));
             }
         }

@@ -206,8 +206,8 @@ impl Plan {
                     "unseal {sealed} of {} secret(s) with the TPM at {} (PCRs {:?}), create them, then extend PCR {}",
                     config.secrets.len(),
                     config.tpm.address,
-                    config.tpm.pcrs,
-                    config.tpm.lock_pcr
+                    config.tpm.policy.pcrs(),
+                    config.tpm.policy.lock_pcr()
                 ),
                 config
                     .secrets
@@ -251,8 +251,8 @@ impl Plan {
             .map(|s| PlannedObject {
                 stage: Stage::Secrets,
                 kind: "Secret".into(),
-                namespace: Some(s.namespace.clone()),
-                name: s.name.clone(),
+                namespace: Some(s.namespace.to_string()),
+                name: s.name.to_string(),
                 note: match &s.sealed {
                     None => format!(
                         "key {}: sealed input missing: the run will enrol and wait",

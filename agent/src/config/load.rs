@@ -61,15 +61,15 @@ impl Config {
             base,
             problems: Vec::new(),
         };
-        let config = v.config(raw, path, env);
-        if v.problems.is_empty() {
-            Ok(config)
-        } else {
-            v.problems.sort_by_key(|p| p.line.unwrap_or(u64::MAX));
-            Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                problems: v.problems,
-            })
+        match v.config(raw, path, env) {
+            Some(config) if v.problems.is_empty() => Ok(config),
+            _ => {
+                v.problems.sort_by_key(|p| p.line.unwrap_or(u64::MAX));
+                Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    problems: v.problems,
+                })
+            }
         }
     }
 }

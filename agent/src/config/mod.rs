@@ -14,10 +14,12 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::kube::names::{DataKey, Name, Namespace};
+use crate::kube::source::{Branch, GitUrl, RepoPath};
+pub use crate::seal::TpmSettings;
+
 /// Where machined's API listens on a Talos node.
 pub use crate::talos::DEFAULT_MACHINED_SOCKET as DEFAULT_TALOS_SOCKET;
-/// The kernel's TPM resource manager.
-pub const DEFAULT_TPM_DEVICE: &str = "/dev/tpmrm0";
 /// Where the agent writes its status on the host (readable with `talosctl read`).
 pub const DEFAULT_STATUS: &str = "/var/lib/bootstrap-agent/status.json";
 /// Where the embedded bundle appears inside the service container (the extension carries it at
@@ -46,7 +48,7 @@ pub struct Config {
     /// The file this came from (for messages).
     pub source: PathBuf,
     pub cluster: ClusterAccess,
-    pub tpm: TpmConfig,
+    pub tpm: TpmSettings,
     pub secrets: Vec<SecretConfig>,
     pub bundle: BundleConfig,
     pub flux: FluxConfig,
@@ -67,28 +69,13 @@ pub enum ClusterAccess {
     Kubeconfig { path: PathBuf },
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct TpmConfig {
-    /// `/dev/tpmrm0`, `tcp://HOST:PORT` or `unix:///PATH`.
-    pub address: String,
-    /// PCRs (SHA-256 bank) the seed's read policy binds to.
-    pub pcrs: Vec<u32>,
-    /// PCR extended after use to lock the seed until the next boot.
-    pub lock_pcr: u32,
-    /// NV index of the seed; `None` takes the agent's default.
-    pub nv_index: Option<u32>,
-    /// Pinned name of the salt key (hex, as `tpm enroll` prints it): a TPM answering with another
-    /// key (an interposer on the bus) is refused.
-    pub salt_key_name: Option<String>,
-}
-
 /// One Kubernetes Secret the agent seeds from a sealed (age-encrypted to the TPM) input.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SecretConfig {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Namespace,
+    pub name: Name,
     /// Data key inside the Secret.
-    pub key: String,
+    pub key: DataKey,
     /// `None` until the operator has sealed the value to this TPM.
     pub sealed: Option<SealedSource>,
     pub format: SecretFormat,
@@ -130,15 +117,15 @@ pub struct BundleConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FluxConfig {
-    pub url: String,
-    pub branch: String,
-    pub path: String,
+    pub url: GitUrl,
+    pub branch: Branch,
+    pub path: RepoPath,
     /// GitRepository interval.
     pub interval: Duration,
     /// Kustomization interval.
     pub kustomization_interval: Duration,
     /// Secret holding Git credentials (a deploy key), in `flux-system`.
-    pub secret_ref: Option<String>,
+    pub secret_ref: Option<Name>,
 }
 
 /// Per-step deadlines: how long a step may keep retrying before the run fails.

@@ -31,7 +31,7 @@ fn the_documented_example_is_accepted_with_every_field() {
             bootstrap_etcd: true
         }
     );
-    assert_eq!(c.tpm.nv_index, Some(0x01c1_b00a));
+    assert_eq!(c.tpm.nv_index, 0x01c1_b00a);
     assert_eq!(c.secrets[0].format, SecretFormat::AgeIdentity);
     assert_eq!(c.secrets[0].sealed, None);
     assert_eq!(c.flux.interval, Duration::from_secs(60));
@@ -49,12 +49,13 @@ fn defaults_fill_what_is_left_out() {
             path: "/etc/agent/kc.yaml".into()
         }
     );
-    assert_eq!(c.tpm.address, DEFAULT_TPM_DEVICE);
-    assert_eq!(c.tpm.pcrs, vec![7]);
-    assert_eq!(c.tpm.lock_pcr, 15);
+    assert_eq!(c.tpm, TpmSettings::default());
+    assert_eq!(c.tpm.address.to_string(), "/dev/tpmrm0");
+    assert_eq!(c.tpm.policy.pcrs(), [7]);
+    assert_eq!(c.tpm.policy.lock_pcr(), 15);
     assert_eq!(c.status, PathBuf::from(DEFAULT_STATUS));
     assert_eq!(c.bundle.dir, PathBuf::from(DEFAULT_BUNDLE_DIR));
-    assert_eq!(c.flux.path, "./");
+    assert_eq!(c.flux.path.as_str(), "./");
 }
 
 #[test]
@@ -149,7 +150,7 @@ fn environment_overrides_win_and_are_validated() {
         _ => None,
     };
     let c = Config::parse(GOOD, Path::new("c.yaml"), &env).unwrap();
-    assert_eq!(c.tpm.address, "tcp://127.0.0.1:2321");
+    assert_eq!(c.tpm.address.to_string(), "tcp://127.0.0.1:2321");
     assert_eq!(c.status, PathBuf::from("/tmp/s.json"));
     assert_eq!(c.deadlines.ready, Duration::from_secs(450));
     let bad = |k: &str| (k == env::TPM).then(|| "tcp://nohost".to_string());

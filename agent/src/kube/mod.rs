@@ -10,10 +10,12 @@
 
 mod apply;
 mod flux;
+pub mod names;
 mod report;
 mod resources;
 mod retry;
 mod secrets;
+pub mod source;
 
 use std::path::Path;
 use std::time::Duration;

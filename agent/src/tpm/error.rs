@@ -6,10 +6,6 @@ use crate::error::{Classify, ErrorKind, transient_if};
 #[derive(Debug, thiserror::Error)]
 pub enum TpmError {
     #[error(
-        "TPM address {0:?} is not understood: use a device path (/dev/tpmrm0), tcp://HOST:PORT or unix:///PATH"
-    )]
-    BadAddress(String),
-    #[error(
         "cannot open the TPM at {address}: {source} (is a TPM 2.0 present and enabled in the firmware/VM settings?)"
     )]
     NoDevice {
@@ -63,7 +59,6 @@ impl Classify for TpmError {
     /// Transient when retrying later (same boot) may succeed.
     fn kind(&self) -> ErrorKind {
         match self {
-            TpmError::BadAddress(_) => ErrorKind::Config,
             TpmError::NoDevice { .. } | TpmError::Io { .. } | TpmError::ShortResponse { .. } => {
                 ErrorKind::Transient
             }
