@@ -2,145 +2,21 @@
 //! exponential backoff and jitter under its own deadline, and records every transition in the
 //! status file.
 //!
-//! What a step does lives behind the [`Steps`] trait ([`crate::node`] has the real one), so the
-//! machine itself is tested in isolation with scripted steps and tokio's paused clock.
+//! What a step does lives behind the [`Steps`] trait ([`crate::steps`] has the real one), so
+//! the state machine itself is tested in isolation with scripted steps and tokio's paused clock.
 
-use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::bundle::BundleError;
 use crate::config::RetryConfig;
-use crate::error::{Classify, chain};
+use crate::error::ErrorKind;
 use crate::exit::Exit;
-use crate::kube::KubeError;
-use crate::plan::{Plan, StepId};
-use crate::seal::SealError;
-use crate::status::{
-    ErrorKind, ErrorRecord, ObjectRecord, Phase, Status, StatusFile, StepState, TpmRecord, now,
-};
-use crate::talos::TalosError;
-
-/// What a step attempt achieved.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// The step's goal holds (whether this attempt did the work or found it done).
-    Done {
-        message: String,
-        objects: Vec<ObjectRecord>,
-    },
-    /// Not there yet, nothing wrong: poll again until the deadline (e.g. Flux still reconciling).
-    Pending {
-        message: String,
-        objects: Vec<ObjectRecord>,
-    },
-    /// The operator has to act (seal an input to this TPM); the run goes on with the other steps
-    /// and ends in phase `waiting`.
-    Waiting {
-        message: String,
-        tpm: Option<TpmRecord>,
-    },
-}
-
-impl Outcome {
-    pub fn done(message: impl Into<String>) -> Outcome {
-        Outcome::Done {
-            message: message.into(),
-            objects: Vec::new(),
-        }
-    }
-}
-
-/// Why a step attempt failed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepFailure {
-    pub kind: ErrorKind,
-    pub message: String,
-    pub hint: Option<String>,
-    /// The step's code is not part of this build.
-    pub not_implemented: bool,
-    pub objects: Vec<ObjectRecord>,
-}
-
-impl StepFailure {
-    fn new(kind: ErrorKind, message: impl Into<String>) -> StepFailure {
-        StepFailure {
-            kind,
-            message: message.into(),
-            hint: None,
-            not_implemented: false,
-            objects: Vec::new(),
-        }
-    }
-    /// Retrying may help.
-    pub fn transient(message: impl Into<String>) -> StepFailure {
-        Self::new(ErrorKind::Transient, message)
-    }
-    /// Retrying will not help.
-    pub fn permanent(message: impl Into<String>) -> StepFailure {
-        Self::new(ErrorKind::Permanent, message)
-    }
-    /// The configuration (or what it references) is wrong.
-    pub fn config(message: impl Into<String>) -> StepFailure {
-        Self::new(ErrorKind::Config, message)
-    }
-    /// The step is not part of this build: reported, never faked.
-    pub fn not_implemented(step: StepId) -> StepFailure {
-        StepFailure {
-            not_implemented: true,
-            ..Self::permanent(format!("step {step} is not implemented in this build"))
-        }
-    }
-    pub fn with_hint(mut self, hint: impl Into<String>) -> StepFailure {
-        self.hint = Some(hint.into());
-        self
-    }
-    pub fn with_objects(mut self, objects: Vec<ObjectRecord>) -> StepFailure {
-        self.objects = objects;
-        self
-    }
-
-    /// A failure as its error classifies itself: kind, the message with its sources, the hint.
-    pub fn classified<E: Classify>(e: &E) -> StepFailure {
-        StepFailure {
-            hint: e.hint(),
-            ..Self::new(e.kind(), chain(e))
-        }
-    }
-}
-
-/// `?` in a step turns any of the agent's errors into a classified failure.
-macro_rules! classified_failure {
-    ($($error:ty),+) => {
-        $(impl From<$error> for StepFailure {
-            fn from(e: $error) -> StepFailure {
-                StepFailure::classified(&e)
-            }
-        })+
-    };
-}
-classified_failure!(TalosError, SealError, BundleError);
-
-impl From<KubeError> for StepFailure {
-    /// The objects that failed to apply are part of the failure's report.
-    fn from(e: KubeError) -> StepFailure {
-        let objects = match &e {
-            KubeError::Apply { failures, .. } => {
-                failures.iter().cloned().map(ObjectRecord::from).collect()
-            }
-            _ => Vec::new(),
-        };
-        StepFailure::classified(&e).with_objects(objects)
-    }
-}
-
-/// What each step does. One attempt per call; the machine does the retrying.
-pub trait Steps {
-    // Not `Send`: the machine runs on the task that drives the whole run, never spawned.
-    fn attempt(&mut self, step: StepId) -> impl Future<Output = Result<Outcome, StepFailure>>;
-}
+use crate::kube::ObjectReport;
+use crate::plan::Plan;
+use crate::status::{ErrorRecord, Phase, Status, StatusFile, StepState, now};
+use crate::steps::{Awaiting, Outcome, StepFailure, StepId, Steps};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,7 +79,7 @@ enum Event {
         id: StepId,
         attempt: u32,
         message: String,
-        objects: Vec<ObjectRecord>,
+        objects: Vec<ObjectReport>,
     },
     Retrying {
         id: StepId,
@@ -215,13 +91,13 @@ enum Event {
         attempts: u32,
         elapsed: Duration,
         message: String,
-        objects: Vec<ObjectRecord>,
+        objects: Vec<ObjectReport>,
     },
     Waiting {
         id: StepId,
         elapsed: Duration,
         message: String,
-        tpm: Option<TpmRecord>,
+        awaiting: Option<Awaiting>,
     },
     Failed {
         id: StepId,
@@ -345,10 +221,10 @@ impl<'a, S: Steps> Sequence<'a, S> {
                 id,
                 elapsed,
                 message,
-                tpm,
+                awaiting,
             } => {
                 warn!(step = %id, %message, "waiting for the operator");
-                st.tpm = tpm;
+                st.tpm = awaiting.map(Into::into);
                 st.step_mut(id)
                     .finish(StepState::Waiting, elapsed, Some(message), None);
             }
@@ -450,12 +326,12 @@ impl<'a, S: Steps> Sequence<'a, S> {
                     });
                     return StepEnd::Done;
                 }
-                Ok(Outcome::Waiting { message, tpm }) => {
+                Ok(Outcome::Waiting { message, awaiting }) => {
                     self.record(Event::Waiting {
                         id,
                         elapsed,
                         message,
-                        tpm,
+                        awaiting,
                     });
                     return StepEnd::Waiting;
                 }
@@ -548,8 +424,11 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use std::future::Future;
+
     use crate::config::Config;
     use crate::kube::ObjectState;
+    use crate::status::{ObjectRecord, TpmRecord};
 
     type Script = HashMap<StepId, VecDeque<Result<Outcome, StepFailure>>>;
 
@@ -765,12 +644,8 @@ mod tests {
     async fn pending_is_polled_until_done_and_reports_objects() {
         let dir = tempfile::tempdir().unwrap();
         let plan = plan(TALOS);
-        let obj = |state: ObjectState| ObjectRecord {
-            kind: "Kustomization".into(),
-            namespace: Some("flux-system".into()),
-            name: "flux-system".into(),
-            state,
-            message: String::new(),
+        let obj = |state: ObjectState| {
+            ObjectReport::new("Kustomization", "flux-system", "flux-system", state, "")
         };
         let steps = Scripted::default().answer(
             StepId::Ready,
@@ -789,7 +664,7 @@ mod tests {
         assert_eq!(m.run().await, RunResult::Ready);
         assert_eq!(
             m.status().objects,
-            vec![obj(ObjectState::Ready)],
+            vec![ObjectRecord::from(obj(ObjectState::Ready))],
             "one line per object, updated in place"
         );
     }
@@ -840,7 +715,7 @@ mod tests {
     async fn waiting_for_sealed_input_lets_the_other_steps_run_and_ends_waiting() {
         let dir = tempfile::tempdir().unwrap();
         let plan = plan(TALOS);
-        let tpm = TpmRecord {
+        let awaiting = Awaiting {
             recipient: "age1abc".into(),
             command: "age -a -r age1abc ...".into(),
         };
@@ -848,7 +723,7 @@ mod tests {
             StepId::Secrets,
             vec![Ok(Outcome::Waiting {
                 message: "waiting for sealed secrets".into(),
-                tpm: Some(tpm.clone()),
+                awaiting: Some(awaiting.clone()),
             })],
         );
         let mut m = machine(&plan, steps.clone(), dir.path(), None);
@@ -856,7 +731,7 @@ mod tests {
         assert_eq!(RunResult::Waiting.exit(), Exit::Success);
         assert_eq!(steps.calls(StepId::Ready), 1);
         assert_eq!(m.status().phase, Phase::Waiting);
-        assert_eq!(m.status().tpm, Some(tpm));
+        assert_eq!(m.status().tpm, Some(TpmRecord::from(awaiting)));
         assert_eq!(
             m.status().step(StepId::Secrets).unwrap().state,
             StepState::Waiting

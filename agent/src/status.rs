@@ -14,7 +14,10 @@ use time::format_description::well_known::Rfc3339;
 use crate::duration::format_short;
 pub use crate::error::ErrorKind;
 use crate::kube::{ObjectReport, ObjectState};
-use crate::plan::StepId;
+use crate::steps::{Awaiting, StepId};
+
+/// Where the agent writes its status on the host (readable with `talosctl read`).
+pub const DEFAULT_PATH: &str = "/var/lib/bootstrap-agent/status.json";
 
 /// Version of the document's shape; bump on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -255,6 +258,15 @@ pub struct ObjectRecord {
     pub message: String,
 }
 
+impl From<Awaiting> for TpmRecord {
+    fn from(a: Awaiting) -> TpmRecord {
+        TpmRecord {
+            recipient: a.recipient,
+            command: a.command,
+        }
+    }
+}
+
 impl From<ObjectReport> for ObjectRecord {
     fn from(r: ObjectReport) -> ObjectRecord {
         ObjectRecord {
@@ -317,8 +329,8 @@ impl Status {
     }
 
     /// Replaces the object lines of one kind of report (matched by kind and name).
-    pub fn upsert_objects(&mut self, objects: impl IntoIterator<Item = ObjectRecord>) {
-        for o in objects {
+    pub fn upsert_objects<O: Into<ObjectRecord>>(&mut self, objects: impl IntoIterator<Item = O>) {
+        for o in objects.into_iter().map(Into::into) {
             match self
                 .objects
                 .iter_mut()

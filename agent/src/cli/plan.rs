@@ -6,8 +6,8 @@ use clap::Args;
 
 use crate::config::Config;
 use crate::exit::Exit;
-use crate::node::Node;
 use crate::plan::Plan;
+use crate::steps::Context;
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -31,9 +31,13 @@ pub fn run(args: &PlanArgs) -> Exit {
         .iter()
         .map(ToString::to_string)
         .collect();
-    let mut node = Node::new(config.clone());
-    problems.extend(node.check_offline());
-    let plan = Plan::new(&config, node.bundle_objects());
+    let mut context = Context::new(config.steps.clone());
+    problems.extend(context.check_offline());
+    let objects = context
+        .offline_bundle()
+        .map(Plan::bundle_objects)
+        .unwrap_or_default();
+    let plan = Plan::new(&config, objects);
     print!("{plan}");
     if problems.is_empty() {
         println!("Configuration {} is valid.", path.display());

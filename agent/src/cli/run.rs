@@ -9,9 +9,9 @@ use tracing::{error, info, warn};
 use crate::boot::{RunResult, Sequence};
 use crate::config::{Config, ConfigError, DEFAULT_STATUS, env};
 use crate::exit::Exit;
-use crate::node::Node;
-use crate::plan::{Plan, StepId};
+use crate::plan::Plan;
 use crate::status::{ErrorKind, ErrorRecord, Phase, Status, StatusFile, now};
+use crate::steps::{Context, StepId};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -44,8 +44,12 @@ async fn boot(args: &RunArgs) -> Exit {
                 return Exit::Config;
             }
         };
-        let mut node = Node::new(config.clone());
-        let plan = Plan::new(&config, node.bundle_objects());
+        let mut context = Context::new(config.steps.clone());
+        let objects = context
+            .offline_bundle()
+            .map(Plan::bundle_objects)
+            .unwrap_or_default();
+        let plan = Plan::new(&config, objects);
         let file = StatusFile::new(&config.status);
         let previous = match file.load() {
             Ok(p) => p,
@@ -62,7 +66,7 @@ async fn boot(args: &RunArgs) -> Exit {
                 None
             }
         };
-        let mut sequence = Sequence::new(&plan, node, file, previous, config.retry);
+        let mut sequence = Sequence::new(&plan, context, file, previous, config.retry);
         let result = tokio::select! {
             r = sequence.run() => r,
             () = shutdown() => {

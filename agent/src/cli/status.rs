@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::config::DEFAULT_STATUS;
 use crate::duration::parse_duration;
 use crate::error::Classify;
 use crate::exit::Exit;
@@ -38,7 +37,7 @@ pub struct StatusArgs {
     #[arg(long, default_value = "2s", value_parser = parse_interval)]
     pub interval: Duration,
     /// Path of the status file on the node.
-    #[arg(long, default_value = DEFAULT_STATUS)]
+    #[arg(long, default_value = crate::status::DEFAULT_PATH)]
     pub path: String,
     /// Read a local status file instead of going through the Talos API (on the node itself, or
     /// a copy from `talosctl read`).

@@ -14,21 +14,20 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::kube::names::{DataKey, Name, Namespace};
-use crate::kube::source::{Branch, GitUrl, RepoPath};
+pub use crate::kube::FLUX_NAMESPACE;
 pub use crate::seal::TpmSettings;
+pub use crate::status::DEFAULT_PATH as DEFAULT_STATUS;
+pub use crate::steps::{
+    BundleSettings, ClusterAccess, Deadlines, SealedSource, SecretFormat, SecretSettings, Settings,
+};
 
 /// Where machined's API listens on a Talos node.
 pub use crate::talos::DEFAULT_MACHINED_SOCKET as DEFAULT_TALOS_SOCKET;
-/// Where the agent writes its status on the host (readable with `talosctl read`).
-pub const DEFAULT_STATUS: &str = "/var/lib/bootstrap-agent/status.json";
 /// Where the embedded bundle appears inside the service container (the extension carries it at
 /// `/usr/local/lib/containers/bootstrap-agent/bundle`, under the service's own root).
 pub const DEFAULT_BUNDLE_DIR: &str = "/bundle";
 /// The SecureBoot state PCR, and a PCR Talos never extends (the lock).
 pub use crate::seal::{DEFAULT_LOCK_PCR, DEFAULT_PCRS};
-/// The namespace Flux lives in.
-pub const FLUX_NAMESPACE: &str = "flux-system";
 
 /// Environment variables that override the file (operational knobs only).
 pub mod env {
@@ -47,111 +46,10 @@ pub mod env {
 pub struct Config {
     /// The file this came from (for messages).
     pub source: PathBuf,
-    pub cluster: ClusterAccess,
-    pub tpm: TpmSettings,
-    pub secrets: Vec<SecretConfig>,
-    pub bundle: BundleConfig,
-    pub flux: FluxConfig,
+    /// What the boot steps work with.
+    pub steps: Settings,
     pub status: PathBuf,
-    pub deadlines: Deadlines,
     pub retry: RetryConfig,
-}
-
-/// How the agent reaches the cluster.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ClusterAccess {
-    /// On a Talos node: machined's local API gives etcd bootstrap and the kubeconfig.
-    Talos {
-        socket: PathBuf,
-        bootstrap_etcd: bool,
-    },
-    /// Any cluster, through a kubeconfig file (tests, rehearsals, clusters not on Talos).
-    Kubeconfig { path: PathBuf },
-}
-
-/// One Kubernetes Secret the agent seeds from a sealed (age-encrypted to the TPM) input.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SecretConfig {
-    pub namespace: Namespace,
-    pub name: Name,
-    /// Data key inside the Secret.
-    pub key: DataKey,
-    /// `None` until the operator has sealed the value to this TPM.
-    pub sealed: Option<SealedSource>,
-    pub format: SecretFormat,
-    /// Replace a Secret whose content differs (never done unless asked for).
-    pub overwrite: bool,
-}
-
-impl SecretConfig {
-    /// `namespace/name`, for messages.
-    pub fn label(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum SealedSource {
-    /// ASCII-armored age file inline in the configuration.
-    Inline(String),
-    /// A file holding the ASCII-armored age file.
-    File(PathBuf),
-}
-
-/// What the decrypted value must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecretFormat {
-    /// An age identity (`AGE-SECRET-KEY-1...`), as SOPS and kustomize-controller expect.
-    AgeIdentity,
-    /// Any bytes (deploy keys, tokens).
-    Raw,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct BundleConfig {
-    /// Directory holding the bundle lock file (and, when embedded, the artifacts).
-    pub dir: PathBuf,
-    /// Fetch the artifacts over HTTPS at boot instead of reading them from `dir`.
-    pub fetch: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct FluxConfig {
-    pub url: GitUrl,
-    pub branch: Branch,
-    pub path: RepoPath,
-    /// GitRepository interval.
-    pub interval: Duration,
-    /// Kustomization interval.
-    pub kustomization_interval: Duration,
-    /// Secret holding Git credentials (a deploy key), in `flux-system`.
-    pub secret_ref: Option<Name>,
-}
-
-/// Per-step deadlines: how long a step may keep retrying before the run fails.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Deadlines {
-    pub talos_api: Duration,
-    pub etcd: Duration,
-    pub kube_api: Duration,
-    pub secrets: Duration,
-    pub crds: Duration,
-    pub flux: Duration,
-    pub ready: Duration,
-}
-
-impl Default for Deadlines {
-    fn default() -> Self {
-        Deadlines {
-            talos_api: Duration::from_secs(600),
-            etcd: Duration::from_secs(600),
-            kube_api: Duration::from_secs(900),
-            secrets: Duration::from_secs(300),
-            crds: Duration::from_secs(300),
-            flux: Duration::from_secs(300),
-            ready: Duration::from_secs(900),
-        }
-    }
 }
 
 /// Capped exponential backoff with jitter.
@@ -239,7 +137,7 @@ impl Config {
     /// `plan` and `run` both call this; the bundle's own contents are checked by the bundle module.
     pub fn check_references(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        if let ClusterAccess::Kubeconfig { path } = &self.cluster
+        if let ClusterAccess::Kubeconfig { path } = &self.steps.cluster
             && !path.is_file()
         {
             problems.push(Problem {
@@ -249,7 +147,7 @@ impl Config {
                 fix: "point it at a readable kubeconfig".into(),
             });
         }
-        for (i, secret) in self.secrets.iter().enumerate() {
+        for (i, secret) in self.steps.secrets.iter().enumerate() {
             if let Some(SealedSource::File(file)) = &secret.sealed
                 && !file.is_file()
             {
@@ -261,11 +159,11 @@ impl Config {
                 });
             }
         }
-        if !self.bundle.dir.is_dir() {
+        if !self.steps.bundle.dir.is_dir() {
             problems.push(Problem {
                 field: "bundle.dir".into(),
                 line: None,
-                message: format!("{} does not exist or is not a directory", self.bundle.dir.display()),
+                message: format!("{} does not exist or is not a directory", self.steps.bundle.dir.display()),
                 fix: "use the directory the extension image embeds, or build the extension with a bundle".into(),
             });
         }

@@ -1,6 +1,8 @@
 //! The configuration exactly as written: every field optional and spanned (for line numbers),
 //! unknown fields rejected by serde after the unknown-field pass has reported all of them.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -83,17 +85,8 @@ pub(super) struct RawFlux {
     pub(super) secret_ref: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct RawDeadlines {
-    pub(super) talos_api: Option<Spanned<String>>,
-    pub(super) etcd: Option<Spanned<String>>,
-    pub(super) kube_api: Option<Spanned<String>>,
-    pub(super) secrets: Option<Spanned<String>>,
-    pub(super) crds: Option<Spanned<String>>,
-    pub(super) flux: Option<Spanned<String>>,
-    pub(super) ready: Option<Spanned<String>>,
-}
+/// `deadlines:`, keyed by step (the unknown-field pass checks the keys against the steps).
+pub(super) type RawDeadlines = BTreeMap<String, Spanned<String>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
+use crate::steps::StepId;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("/etc/agent/config.yaml"), &|_| None)
@@ -25,17 +26,20 @@ retry: { initial: 1s, max: 30s }
 fn the_documented_example_is_accepted_with_every_field() {
     let c = parse(GOOD).unwrap();
     assert_eq!(
-        c.cluster,
+        c.steps.cluster,
         ClusterAccess::Talos {
             socket: DEFAULT_TALOS_SOCKET.into(),
             bootstrap_etcd: true
         }
     );
-    assert_eq!(c.tpm.nv_index, 0x01c1_b00a);
-    assert_eq!(c.secrets[0].format, SecretFormat::AgeIdentity);
-    assert_eq!(c.secrets[0].sealed, None);
-    assert_eq!(c.flux.interval, Duration::from_secs(60));
-    assert_eq!(c.deadlines.kube_api, Duration::from_secs(900));
+    assert_eq!(c.steps.tpm.nv_index, 0x01c1_b00a);
+    assert_eq!(c.steps.secrets[0].format, SecretFormat::AgeIdentity);
+    assert_eq!(c.steps.secrets[0].sealed, None);
+    assert_eq!(c.steps.flux.source_interval, Duration::from_secs(60));
+    assert_eq!(
+        c.steps.deadlines.for_step(StepId::KubeApi),
+        Duration::from_secs(900)
+    );
     assert_eq!(c.retry.initial, Duration::from_secs(1));
 }
 
@@ -44,18 +48,18 @@ fn defaults_fill_what_is_left_out() {
     let c = parse("kubernetes: { kubeconfig: kc.yaml }\nflux: { url: https://example.org/o/r }\n")
         .unwrap();
     assert_eq!(
-        c.cluster,
+        c.steps.cluster,
         ClusterAccess::Kubeconfig {
             path: "/etc/agent/kc.yaml".into()
         }
     );
-    assert_eq!(c.tpm, TpmSettings::default());
-    assert_eq!(c.tpm.address.to_string(), "/dev/tpmrm0");
-    assert_eq!(c.tpm.policy.pcrs(), [7]);
-    assert_eq!(c.tpm.policy.lock_pcr(), 15);
+    assert_eq!(c.steps.tpm, TpmSettings::default());
+    assert_eq!(c.steps.tpm.address.to_string(), "/dev/tpmrm0");
+    assert_eq!(c.steps.tpm.policy.pcrs(), [7]);
+    assert_eq!(c.steps.tpm.policy.lock_pcr(), 15);
     assert_eq!(c.status, PathBuf::from(DEFAULT_STATUS));
-    assert_eq!(c.bundle.dir, PathBuf::from(DEFAULT_BUNDLE_DIR));
-    assert_eq!(c.flux.path.as_str(), "./");
+    assert_eq!(c.steps.bundle.dir, PathBuf::from(DEFAULT_BUNDLE_DIR));
+    assert_eq!(c.steps.flux.path, "./");
 }
 
 #[test]
@@ -150,9 +154,12 @@ fn environment_overrides_win_and_are_validated() {
         _ => None,
     };
     let c = Config::parse(GOOD, Path::new("c.yaml"), &env).unwrap();
-    assert_eq!(c.tpm.address.to_string(), "tcp://127.0.0.1:2321");
+    assert_eq!(c.steps.tpm.address.to_string(), "tcp://127.0.0.1:2321");
     assert_eq!(c.status, PathBuf::from("/tmp/s.json"));
-    assert_eq!(c.deadlines.ready, Duration::from_secs(450));
+    assert_eq!(
+        c.steps.deadlines.for_step(StepId::Ready),
+        Duration::from_secs(450)
+    );
     let bad = |k: &str| (k == env::TPM).then(|| "tcp://nohost".to_string());
     let err = Config::parse(GOOD, Path::new("c.yaml"), &bad).unwrap_err();
     assert!(err.to_string().contains("env BOOTSTRAP_AGENT_TPM"), "{err}");

@@ -5,14 +5,15 @@ use serde::de::{self, DeserializeOwned, Visitor};
 
 use super::Problem;
 use super::raw::{
-    RawBundle, RawConfig, RawDeadlines, RawFlux, RawKubernetes, RawRetry, RawSecret, RawTalos,
-    RawTpm,
+    RawBundle, RawConfig, RawFlux, RawKubernetes, RawRetry, RawSecret, RawTalos, RawTpm,
 };
+use crate::steps::StepId;
 
 /// The fields a section may have: read off the raw types themselves (serde's derive hands
 /// their names, after renaming, to the deserializer), so there is no list to keep in sync.
-fn known(section: &str) -> &'static [&'static str] {
-    match section {
+/// The keys of `deadlines:` are the steps that have a deadline of their own.
+fn known(section: &str) -> Vec<String> {
+    let fields = match section {
         "" => fields::<RawConfig>(),
         "talos" => fields::<RawTalos>(),
         "kubernetes" => fields::<RawKubernetes>(),
@@ -20,10 +21,16 @@ fn known(section: &str) -> &'static [&'static str] {
         "secrets[]" => fields::<RawSecret>(),
         "bundle" => fields::<RawBundle>(),
         "flux" => fields::<RawFlux>(),
-        "deadlines" => fields::<RawDeadlines>(),
         "retry" => fields::<RawRetry>(),
+        "deadlines" => {
+            return StepId::ALL
+                .iter()
+                .filter_map(|s| s.deadline_key())
+                .collect();
+        }
         _ => &[],
-    }
+    };
+    fields.iter().map(|f| f.to_string()).collect()
 }
 
 /// The field names a struct's `Deserialize` asks for.
@@ -75,13 +82,13 @@ pub(super) fn unknown_fields(doc: &serde_json::Value, text: &str) -> Vec<Problem
         |section: &str, prefix: &str, map: &serde_json::Map<String, serde_json::Value>| {
             let allowed = known(section);
             for key in map.keys() {
-                if !allowed.contains(&key.as_str()) {
+                if !allowed.contains(key) {
                     let field = if prefix.is_empty() {
                         key.clone()
                     } else {
                         format!("{prefix}.{key}")
                     };
-                    let fix = match closest(key, allowed) {
+                    let fix = match closest(key, &allowed) {
                         Some(s) => format!(
                             "did you mean `{s}`? known fields here: {}",
                             allowed.join(", ")
@@ -130,11 +137,11 @@ fn line_of_key(text: &str, key: &str) -> Option<u64> {
 }
 
 /// A known name within edit distance 2 of `input`.
-fn closest<'a>(input: &str, known: &[&'a str]) -> Option<&'a str> {
+fn closest<'a>(input: &str, known: &'a [String]) -> Option<&'a str> {
     let lower = input.to_ascii_lowercase();
     known
         .iter()
-        .map(|k| (edit_distance(&lower, &k.to_ascii_lowercase()), *k))
+        .map(|k| (edit_distance(&lower, &k.to_ascii_lowercase()), k.as_str()))
         .filter(|(d, _)| *d <= 2)
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
@@ -178,6 +185,12 @@ mod tests {
             known("tpm"),
             ["device", "pcrs", "lockPcr", "nvIndex", "saltKeyName"]
         );
-        assert!(known("secrets[]").contains(&"sealedFile"));
+        assert!(known("secrets[]").contains(&"sealedFile".to_string()));
+        assert_eq!(
+            known("deadlines"),
+            [
+                "talosApi", "etcd", "kubeApi", "secrets", "crds", "flux", "ready"
+            ]
+        );
     }
 }

@@ -14,9 +14,11 @@ use super::raw::*;
 use super::*;
 use crate::duration::parse_duration;
 use crate::error::Invalid;
+use crate::kube::FluxSync;
 use crate::kube::names::{DataKey, Name, Namespace};
 use crate::kube::source::{Branch, GitUrl, RepoPath};
 use crate::seal::{self, PcrField, PcrPolicy, TpmSettings};
+use crate::steps::StepId;
 use crate::tpm::transport::Address;
 
 pub(super) struct Validator<'a> {
@@ -130,13 +132,15 @@ impl Validator<'_> {
         let retry = self.retry(raw.retry, env);
         Some(Config {
             source: path.to_path_buf(),
-            cluster: cluster?,
-            tpm: tpm?,
-            secrets: secrets?,
-            bundle: bundle?,
-            flux: flux?,
+            steps: Settings {
+                cluster: cluster?,
+                tpm: tpm?,
+                secrets: secrets?,
+                bundle: bundle?,
+                flux: flux?,
+                deadlines: deadlines?,
+            },
             status: status?,
-            deadlines: deadlines?,
             retry: retry?,
         })
     }
@@ -287,7 +291,7 @@ impl Validator<'_> {
         })
     }
 
-    fn secrets(&mut self, raw: Vec<Spanned<RawSecret>>) -> Option<Vec<SecretConfig>> {
+    fn secrets(&mut self, raw: Vec<Spanned<RawSecret>>) -> Option<Vec<SecretSettings>> {
         let mut out = Vec::new();
         let mut complete = true;
         let mut seen = BTreeSet::new();
@@ -304,7 +308,7 @@ impl Validator<'_> {
         i: usize,
         entry: Spanned<RawSecret>,
         seen: &mut BTreeSet<(Namespace, Name)>,
-    ) -> Option<SecretConfig> {
+    ) -> Option<SecretSettings> {
         let at = line(&entry);
         let r = entry.value;
         let f = |name: &str| format!("secrets[{i}].{name}");
@@ -409,7 +413,7 @@ impl Validator<'_> {
             );
             return None;
         }
-        Some(SecretConfig {
+        Some(SecretSettings {
             namespace: namespace?,
             name: name?,
             key: key?,
@@ -419,7 +423,7 @@ impl Validator<'_> {
         })
     }
 
-    fn bundle(&mut self, raw: Option<RawBundle>) -> Option<BundleConfig> {
+    fn bundle(&mut self, raw: Option<RawBundle>) -> Option<BundleSettings> {
         let raw = raw.unwrap_or(RawBundle {
             dir: None,
             fetch: None,
@@ -428,13 +432,13 @@ impl Validator<'_> {
             Some(d) => self.non_empty_path("bundle.dir", d)?,
             None => PathBuf::from(DEFAULT_BUNDLE_DIR),
         };
-        Some(BundleConfig {
+        Some(BundleSettings {
             dir,
             fetch: raw.fetch.unwrap_or(false),
         })
     }
 
-    fn flux(&mut self, raw: Option<Spanned<RawFlux>>) -> Option<FluxConfig> {
+    fn flux(&mut self, raw: Option<Spanned<RawFlux>>) -> Option<FluxSync> {
         let Some(raw) = raw else {
             self.problem("flux", None, "is missing", "add `flux: {url: https://github.com/OWNER/REPO, branch: main, path: ./kubernetes/flux-system}`");
             return None;
@@ -484,14 +488,11 @@ impl Validator<'_> {
             );
             return None;
         }
-        Some(FluxConfig {
-            url: url?,
-            branch: branch?,
-            path: path?,
-            interval: interval?,
-            kustomization_interval: kustomization_interval?,
-            secret_ref: secret_ref?,
-        })
+        let mut sync = FluxSync::new(url?.as_str(), branch?.as_str(), path?.as_str());
+        sync.source_interval = interval?;
+        sync.interval = kustomization_interval?;
+        sync.secret_ref = secret_ref?.map(|n| n.to_string());
+        Some(sync)
     }
 
     fn deadlines(
@@ -499,29 +500,22 @@ impl Validator<'_> {
         raw: Option<RawDeadlines>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Option<Deadlines> {
-        let d = Deadlines::default();
-        let mut deadlines = match raw {
-            None => d,
-            Some(r) => {
-                let talos_api =
-                    self.duration("deadlines.talosApi", r.talos_api.as_ref(), d.talos_api);
-                let etcd = self.duration("deadlines.etcd", r.etcd.as_ref(), d.etcd);
-                let kube_api = self.duration("deadlines.kubeApi", r.kube_api.as_ref(), d.kube_api);
-                let secrets = self.duration("deadlines.secrets", r.secrets.as_ref(), d.secrets);
-                let crds = self.duration("deadlines.crds", r.crds.as_ref(), d.crds);
-                let flux = self.duration("deadlines.flux", r.flux.as_ref(), d.flux);
-                let ready = self.duration("deadlines.ready", r.ready.as_ref(), d.ready);
-                Deadlines {
-                    talos_api: talos_api?,
-                    etcd: etcd?,
-                    kube_api: kube_api?,
-                    secrets: secrets?,
-                    crds: crds?,
-                    flux: flux?,
-                    ready: ready?,
-                }
+        let mut deadlines = Deadlines::default();
+        let mut complete = true;
+        let raw = raw.unwrap_or_default();
+        for step in StepId::ALL {
+            let Some(key) = step.deadline_key() else {
+                continue;
+            };
+            let Some(value) = raw.get(&key) else {
+                continue;
+            };
+            let field = format!("deadlines.{key}");
+            match self.duration(&field, Some(value), Duration::ZERO) {
+                Some(d) => deadlines.set(step, d),
+                None => complete = false,
             }
-        };
+        }
         if let Some(scale) = env(env::DEADLINE_SCALE) {
             match scale.parse::<f64>() {
                 Ok(f) if f > 0.0 && f.is_finite() => deadlines = deadlines.scaled(f),
@@ -536,7 +530,7 @@ impl Validator<'_> {
                 }
             }
         }
-        Some(deadlines)
+        complete.then_some(deadlines)
     }
 
     fn retry(
@@ -572,20 +566,5 @@ impl Validator<'_> {
         }
         retry.initial = retry.initial.min(retry.max);
         Some(retry)
-    }
-}
-
-impl Deadlines {
-    fn scaled(self, f: f64) -> Deadlines {
-        let s = |d: Duration| d.mul_f64(f).max(Duration::from_millis(1));
-        Deadlines {
-            talos_api: s(self.talos_api),
-            etcd: s(self.etcd),
-            kube_api: s(self.kube_api),
-            secrets: s(self.secrets),
-            crds: s(self.crds),
-            flux: s(self.flux),
-            ready: s(self.ready),
-        }
     }
 }

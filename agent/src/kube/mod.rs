@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::bundle::{Bundle, BundleError, Manifest};
 use crate::error::{Classify, ErrorKind, chain, transient_if};
 
-pub use flux::{FluxSync, Readiness};
+pub use flux::{FluxSync, NAMESPACE as FLUX_NAMESPACE, Readiness};
 pub use report::{ObjectReport, ObjectState};
 pub use secrets::{SecretOutcome, SecretReport, SecretSpec};
 
