@@ -15,6 +15,7 @@ pub mod exit;
 pub mod kube;
 pub mod logging;
 pub mod plan;
+pub mod preflight;
 pub mod seal;
 pub mod status;
 pub mod steps;

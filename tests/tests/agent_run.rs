@@ -157,3 +157,33 @@ async fn a_config_with_several_mistakes_is_refused_by_plan_and_run_listing_all()
     assert_eq!(node.talos.bootstrap_calls(), 0);
     assert_eq!(node.kube.requests(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_makes_the_offline_checks_plan_makes_before_touching_the_node() {
+    let node = Node::start(NodeOptions::default()).await;
+    // A bundle directory without its lock: plan has always refused it; run used to find out
+    // only at the crds step, after bootstrapping etcd.
+    let empty = node.work().join("empty-bundle");
+    std::fs::create_dir_all(&empty).unwrap();
+    let text = no_secrets(&node).replace(
+        &node.bundle_dir().display().to_string(),
+        &empty.display().to_string(),
+    );
+    node.write_config_text(&text);
+    let config = node.config_path().display().to_string();
+
+    let plan = node.agent(&["plan", "--config", &config]);
+    assert_eq!(
+        plan.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    assert!(String::from_utf8_lossy(&plan.stderr).contains("bundle.lock.yaml"));
+
+    let run = node.service_with(1).wait(RUN).await;
+    assert_eq!(run.last().map(|e| e.code), Some(Some(2)), "{}", run.log);
+    assert!(run.log.contains("bundle.lock.yaml"), "{}", run.log);
+    assert_eq!(node.talos.bootstrap_calls(), 0, "{}", run.log);
+    assert_eq!(node.kube.requests(), 0);
+}

@@ -7,7 +7,7 @@ use clap::Args;
 use crate::config::Config;
 use crate::exit::Exit;
 use crate::plan::Plan;
-use crate::steps::Context;
+use crate::preflight;
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -26,18 +26,14 @@ pub fn run(args: &PlanArgs) -> Exit {
             return Exit::Config;
         }
     };
-    let mut problems: Vec<String> = config
-        .check_references()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let mut context = Context::new(config.steps.clone());
-    problems.extend(context.check_offline());
-    let objects = context
-        .offline_bundle()
+    let checked = preflight::check(&config);
+    let objects = checked
+        .bundle
+        .as_ref()
         .map(Plan::bundle_objects)
         .unwrap_or_default();
     let plan = Plan::new(&config, objects);
+    let problems = checked.problems;
     print!("{plan}");
     if problems.is_empty() {
         println!("Configuration {} is valid.", path.display());

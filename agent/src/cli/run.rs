@@ -7,9 +7,11 @@ use clap::Args;
 use tracing::{error, info, warn};
 
 use crate::boot::{RunResult, Sequence};
+use crate::bundle::Bundle;
 use crate::config::{Config, ConfigError, DEFAULT_STATUS, env};
 use crate::exit::Exit;
 use crate::plan::Plan;
+use crate::preflight;
 use crate::status::{ErrorKind, ErrorRecord, Phase, Status, StatusFile, now};
 use crate::steps::{Context, StepId};
 
@@ -36,20 +38,20 @@ async fn boot(args: &RunArgs) -> Exit {
     loop {
         // Read once: the same bytes are validated and later compared to notice a change.
         let text = std::fs::read(&args.config);
-        let config = match load(&args.config, &text) {
-            Ok(c) => c,
+        let (config, bundle) = match load(&args.config, &text) {
+            Ok(loaded) => loaded,
             Err(e) => {
                 error!("{e}");
                 report_config_error(&e);
                 return Exit::Config;
             }
         };
-        let mut context = Context::new(config.steps.clone());
-        let objects = context
-            .offline_bundle()
+        let objects = bundle
+            .as_ref()
             .map(Plan::bundle_objects)
             .unwrap_or_default();
         let plan = Plan::new(&config, objects);
+        let context = Context::new(config.steps.clone(), bundle);
         let file = StatusFile::new(&config.status);
         let previous = match file.load() {
             Ok(p) => p,
@@ -89,8 +91,12 @@ async fn boot(args: &RunArgs) -> Exit {
     }
 }
 
-/// Validates the configuration read from `path` and what it references.
-fn load(path: &Path, read: &std::io::Result<Vec<u8>>) -> Result<Config, ConfigError> {
+/// Validates the configuration read from `path` and runs the same offline checks as `plan`;
+/// returns it with the embedded bundle they read.
+fn load(
+    path: &Path,
+    read: &std::io::Result<Vec<u8>>,
+) -> Result<(Config, Option<Bundle>), ConfigError> {
     let read_error = |source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -101,13 +107,13 @@ fn load(path: &Path, read: &std::io::Result<Vec<u8>>) -> Result<Config, ConfigEr
     let text = std::str::from_utf8(bytes)
         .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     let config = Config::parse(text, path, &|name| std::env::var(name).ok())?;
-    let problems = config.check_references();
-    if problems.is_empty() {
-        Ok(config)
+    let checked = preflight::check(&config);
+    if checked.problems.is_empty() {
+        Ok((config, checked.bundle))
     } else {
         Err(ConfigError::Invalid {
             path: path.to_path_buf(),
-            problems,
+            problems: checked.problems,
         })
     }
 }

@@ -132,44 +132,5 @@ fn list(problems: &[Problem]) -> String {
         .join("\n")
 }
 
-impl Config {
-    /// Problems with what the configuration references on this machine (files and directories).
-    /// `plan` and `run` both call this; the bundle's own contents are checked by the bundle module.
-    pub fn check_references(&self) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        if let ClusterAccess::Kubeconfig { path } = &self.steps.cluster
-            && !path.is_file()
-        {
-            problems.push(Problem {
-                field: "kubernetes.kubeconfig".into(),
-                line: None,
-                message: format!("{} does not exist or is not a file", path.display()),
-                fix: "point it at a readable kubeconfig".into(),
-            });
-        }
-        for (i, secret) in self.steps.secrets.iter().enumerate() {
-            if let Some(SealedSource::File(file)) = &secret.sealed
-                && !file.is_file()
-            {
-                problems.push(Problem {
-                    field: format!("secrets[{i}].sealedFile"),
-                    line: None,
-                    message: format!("{} does not exist or is not a file", file.display()),
-                    fix: format!("write the age file sealed to this TPM there, or use `sealed:` inline for {}", secret.label()),
-                });
-            }
-        }
-        if !self.steps.bundle.dir.is_dir() {
-            problems.push(Problem {
-                field: "bundle.dir".into(),
-                line: None,
-                message: format!("{} does not exist or is not a directory", self.steps.bundle.dir.display()),
-                fix: "use the directory the extension image embeds, or build the extension with a bundle".into(),
-            });
-        }
-        problems
-    }
-}
-
 #[cfg(test)]
 mod tests;

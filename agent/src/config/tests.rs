@@ -178,15 +178,3 @@ fn syntax_errors_name_the_file_and_position() {
         "{wrong_type}"
     );
 }
-
-#[test]
-fn references_that_do_not_exist_are_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "kubernetes: {{ kubeconfig: missing.yaml }}\nflux: {{ url: https://e.org/o/r }}\nbundle: {{ dir: {} }}\nsecrets: [ {{ name: s, key: k, sealedFile: nope.age }} ]\n",
-        dir.path().join("no-bundle").display()
-    );
-    let c = Config::parse(&text, &dir.path().join("c.yaml"), &|_| None).unwrap();
-    let problems = c.check_references();
-    assert_eq!(problems.len(), 3, "{problems:?}");
-}

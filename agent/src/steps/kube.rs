@@ -52,9 +52,7 @@ impl Context {
         }
         match self.local_bundle() {
             Some(Ok(b)) => Ok(b.clone()),
-            Some(Err(e)) => Err(StepFailure::permanent(format!("bundle: {e}")).with_hint(
-                "rebuild the extension with a complete, pinned bundle, or set bundle.fetch: true",
-            )),
+            Some(Err(e)) => Err(StepFailure::classified(e)),
             None => Err(StepFailure::permanent("bundle unavailable")),
         }
     }

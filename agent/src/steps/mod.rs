@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::bundle::{Bundle, BundleError, BundleLock, LOCK_FILE};
+use crate::bundle::{Bundle, BundleError};
 use crate::error::{Classify, ErrorKind, chain};
 use crate::kube::{Cluster, FluxSync, KubeError, ObjectReport};
 use crate::seal::{SealError, TpmSettings};
@@ -388,71 +388,35 @@ pub struct Context {
     talos: Option<NodeClient>,
     kubeconfig: Option<Kubeconfig>,
     cluster: Option<Cluster>,
-    bundle: Option<Result<Bundle, String>>,
+    bundle: Option<Result<Bundle, BundleError>>,
     /// Set by the secrets step while sealed inputs are missing (this run).
     awaiting: Option<Awaiting>,
 }
 
 impl Context {
-    pub fn new(settings: Settings) -> Context {
+    /// A context for `settings`; `bundle` is the embedded bundle when the caller has read it
+    /// already (otherwise the first step that needs it reads it).
+    pub fn new(settings: Settings, bundle: Option<Bundle>) -> Context {
         Context {
             settings,
             talos: None,
             kubeconfig: None,
             cluster: None,
-            bundle: None,
+            bundle: bundle.map(Ok),
             awaiting: None,
         }
     }
 
     /// Loads the bundle from its directory (embedded mode) once; fetch mode loads it in the
-    /// `crds` step. The error is kept as text for the plan and the status.
-    fn local_bundle(&mut self) -> Option<&Result<Bundle, String>> {
+    /// `crds` step.
+    fn local_bundle(&mut self) -> Option<&Result<Bundle, BundleError>> {
         if self.settings.bundle.fetch {
             return None;
         }
         if self.bundle.is_none() {
-            self.bundle =
-                Some(Bundle::load_dir(&self.settings.bundle.dir).map_err(|e| e.to_string()));
+            self.bundle = Some(Bundle::load_dir(&self.settings.bundle.dir));
         }
         self.bundle.as_ref()
-    }
-
-    /// The bundle, when it can be read offline (embedded mode).
-    pub fn offline_bundle(&mut self) -> Option<&Bundle> {
-        self.local_bundle().and_then(|b| b.as_ref().ok())
-    }
-
-    /// Problems found without touching the network or the TPM: the bundle (lock, pins and
-    /// digests, documents) and the sealed inputs' format.
-    pub fn check_offline(&mut self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.settings.bundle.fetch {
-            let lock = self.settings.bundle.dir.join(LOCK_FILE);
-            if let Err(e) = BundleLock::load(&lock) {
-                problems.push(format!("bundle: {e}"));
-            }
-        } else if let Some(Err(e)) = self.local_bundle() {
-            problems.push(format!("bundle: {e}"));
-        }
-        for (i, secret) in self.settings.secrets.iter().enumerate() {
-            match secret.read_sealed() {
-                Ok(Some(armor)) => {
-                    if let Err(e) = std::io::Read::read_to_end(
-                        &mut age::armor::ArmoredReader::new(armor.as_bytes()),
-                        &mut Vec::new(),
-                    ) {
-                        problems.push(format!(
-                            "secrets[{i}] ({}): the sealed input is not valid age armor: {e}",
-                            secret.label()
-                        ));
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => problems.push(format!("secrets[{i}]: {e}")),
-            }
-        }
-        problems
     }
 }
 
