@@ -21,3 +21,6 @@ pub mod status;
 pub mod steps;
 pub mod talos;
 pub mod tpm;
+
+#[cfg(test)]
+mod layering;
