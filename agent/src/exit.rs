@@ -53,6 +53,10 @@ impl Exit {
         for exit in Exit::ALL {
             text.push_str(&format!("\n  {}  {}", exit.code(), exit.meaning()));
         }
+        text.push_str(
+            "\n`run` exits 2 or 3 only with --once: otherwise it records the failure in its status \
+             and waits for the configuration to change (a restart would fail the same way).",
+        );
         text
     }
 }
