@@ -2,106 +2,21 @@
 //! exponential backoff and jitter under its own deadline, and records every transition in the
 //! status file.
 //!
-//! What a step does lives behind the [`Steps`] trait ([`crate::node`] has the real one), so the
-//! machine itself is tested in isolation with scripted steps and tokio's paused clock.
+//! What a step does lives behind the [`Steps`] trait ([`crate::steps`] has the real one), so
+//! the state machine itself is tested in isolation with scripted steps and tokio's paused clock.
 
-use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::RetryConfig;
-use crate::plan::{Plan, StepId};
-use crate::status::{
-    ErrorKind, ErrorRecord, ObjectRecord, Phase, Status, StatusFile, StepState, TpmRecord, now,
-};
-
-/// What a step attempt achieved.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// The step's goal holds (whether this attempt did the work or found it done).
-    Done {
-        message: String,
-        objects: Vec<ObjectRecord>,
-    },
-    /// Not there yet, nothing wrong: poll again until the deadline (e.g. Flux still reconciling).
-    Pending {
-        message: String,
-        objects: Vec<ObjectRecord>,
-    },
-    /// The operator has to act (seal an input to this TPM); the run goes on with the other steps
-    /// and ends in phase `waiting`.
-    Waiting {
-        message: String,
-        tpm: Option<TpmRecord>,
-    },
-}
-
-impl Outcome {
-    pub fn done(message: impl Into<String>) -> Outcome {
-        Outcome::Done {
-            message: message.into(),
-            objects: Vec::new(),
-        }
-    }
-}
-
-/// Why a step attempt failed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepFailure {
-    pub kind: ErrorKind,
-    pub message: String,
-    pub hint: Option<String>,
-    /// The step's code is not part of this build.
-    pub not_implemented: bool,
-    pub objects: Vec<ObjectRecord>,
-}
-
-impl StepFailure {
-    fn new(kind: ErrorKind, message: impl Into<String>) -> StepFailure {
-        StepFailure {
-            kind,
-            message: message.into(),
-            hint: None,
-            not_implemented: false,
-            objects: Vec::new(),
-        }
-    }
-    /// Retrying may help.
-    pub fn transient(message: impl Into<String>) -> StepFailure {
-        Self::new(ErrorKind::Transient, message)
-    }
-    /// Retrying will not help.
-    pub fn permanent(message: impl Into<String>) -> StepFailure {
-        Self::new(ErrorKind::Permanent, message)
-    }
-    /// The configuration (or what it references) is wrong.
-    pub fn config(message: impl Into<String>) -> StepFailure {
-        Self::new(ErrorKind::Config, message)
-    }
-    /// The step is not part of this build: reported, never faked.
-    pub fn not_implemented(step: StepId) -> StepFailure {
-        StepFailure {
-            not_implemented: true,
-            ..Self::permanent(format!("step {step} is not implemented in this build"))
-        }
-    }
-    pub fn with_hint(mut self, hint: impl Into<String>) -> StepFailure {
-        self.hint = Some(hint.into());
-        self
-    }
-    pub fn with_objects(mut self, objects: Vec<ObjectRecord>) -> StepFailure {
-        self.objects = objects;
-        self
-    }
-}
-
-/// What each step does. One attempt per call; the machine does the retrying.
-pub trait Steps {
-    // Not `Send`: the machine runs on the task that drives the whole run, never spawned.
-    fn attempt(&mut self, step: StepId) -> impl Future<Output = Result<Outcome, StepFailure>>;
-}
+use crate::error::ErrorKind;
+use crate::exit::Exit;
+use crate::kube::ObjectReport;
+use crate::plan::Plan;
+use crate::status::{ErrorRecord, Phase, Status, StatusFile, StepState, now};
+use crate::steps::{Awaiting, Outcome, StepFailure, StepId, Steps};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,12 +31,10 @@ pub enum RunResult {
 
 impl RunResult {
     /// The process exit code for this result.
-    pub fn exit_code(self) -> u8 {
+    pub fn exit(self) -> Exit {
         match self {
-            RunResult::Ready | RunResult::Waiting => crate::exit::SUCCESS,
-            RunResult::Failed(ErrorKind::Transient) => crate::exit::TRANSIENT,
-            RunResult::Failed(ErrorKind::Config) => crate::exit::CONFIG,
-            RunResult::Failed(ErrorKind::Permanent) => crate::exit::PERMANENT,
+            RunResult::Ready | RunResult::Waiting => Exit::Success,
+            RunResult::Failed(kind) => kind.into(),
         }
     }
 }
@@ -140,7 +53,7 @@ pub fn backoff(attempt: u32, retry: RetryConfig, jitter: f64) -> Duration {
 pub const PENDING_POLL_MAX: Duration = Duration::from_secs(2);
 
 /// Executes a plan.
-pub struct Machine<'a, S> {
+pub struct Sequence<'a, S> {
     plan: &'a Plan,
     steps: S,
     status: Status,
@@ -150,8 +63,55 @@ pub struct Machine<'a, S> {
     warned_status: bool,
 }
 
-impl<'a, S: Steps> Machine<'a, S> {
-    /// A machine for `plan`. `previous` is the status document of an earlier run, if any: its
+/// What happened during a run: the one input of [`Sequence::record`], which applies it to the
+/// status document, logs it and saves the document.
+enum Event {
+    RunStarted,
+    Skipped {
+        id: StepId,
+        reason: String,
+    },
+    Started {
+        id: StepId,
+        deadline: Duration,
+    },
+    Pending {
+        id: StepId,
+        attempt: u32,
+        message: String,
+        objects: Vec<ObjectReport>,
+    },
+    Retrying {
+        id: StepId,
+        attempt: u32,
+        failure: StepFailure,
+    },
+    Done {
+        id: StepId,
+        attempts: u32,
+        elapsed: Duration,
+        message: String,
+        objects: Vec<ObjectReport>,
+    },
+    Waiting {
+        id: StepId,
+        elapsed: Duration,
+        message: String,
+        awaiting: Option<Awaiting>,
+    },
+    Failed {
+        id: StepId,
+        attempts: u32,
+        elapsed: Duration,
+        failure: StepFailure,
+    },
+    RunFinished {
+        waiting: bool,
+    },
+}
+
+impl<'a, S: Steps> Sequence<'a, S> {
+    /// A sequence for `plan`. `previous` is the status document of an earlier run, if any: its
     /// run count carries on and durable steps it records as done are not repeated.
     pub fn new(
         plan: &'a Plan,
@@ -166,20 +126,11 @@ impl<'a, S: Steps> Machine<'a, S> {
             status.runs = prev.runs.saturating_add(1);
             for id in ids.iter().copied().filter(|id| id.is_durable()) {
                 if let Some(done) = prev.step(id).filter(|r| r.state == StepState::Done) {
-                    let r = status.step_mut(id);
-                    r.state = StepState::Done;
-                    r.attempts = 0;
-                    r.finished_at = done.finished_at.clone();
-                    r.message = Some(format!(
-                        "done in an earlier run ({})",
-                        done.message
-                            .as_deref()
-                            .unwrap_or("recorded in the status file")
-                    ));
+                    status.step_mut(id).carry_over(done);
                 }
             }
         }
-        Machine {
+        Sequence {
             plan,
             steps,
             status,
@@ -206,6 +157,112 @@ impl<'a, S: Steps> Machine<'a, S> {
         (self.steps, self.status)
     }
 
+    /// The one place where the run's state changes: applies `event` to the status document
+    /// (through the step record's transitions), logs it once, and writes the document.
+    fn record(&mut self, event: Event) {
+        let st = &mut self.status;
+        match event {
+            Event::RunStarted => {
+                info!(
+                    run = st.runs,
+                    steps = self.plan.steps.len(),
+                    "boot sequence starting"
+                );
+                st.phase = Phase::Running;
+                st.message = "starting".into();
+            }
+            Event::Skipped { id, reason } => {
+                info!(step = %id, %reason, "step skipped");
+                st.step_mut(id).skip(&reason);
+            }
+            Event::Started { id, deadline } => {
+                info!(step = %id, deadline = ?deadline, "step started");
+                st.step_mut(id).start();
+                st.message = format!("step {id}");
+            }
+            Event::Pending {
+                id,
+                attempt,
+                message,
+                objects,
+            } => {
+                info!(step = %id, attempt, %message, "step pending");
+                st.upsert_objects(objects);
+                let r = st.step_mut(id);
+                r.attempt(attempt);
+                r.progress(&message);
+            }
+            Event::Retrying {
+                id,
+                attempt,
+                failure,
+            } => {
+                warn!(step = %id, attempt, error = %failure.message, "step failed, will retry");
+                st.upsert_objects(failure.objects.clone());
+                let r = st.step_mut(id);
+                r.attempt(attempt);
+                r.retry(&failure.message);
+                st.last_error = Some(record(id, &failure));
+            }
+            Event::Done {
+                id,
+                attempts,
+                elapsed,
+                message,
+                objects,
+            } => {
+                info!(step = %id, attempts, took = ?elapsed, %message, "step done");
+                st.upsert_objects(objects);
+                let r = st.step_mut(id);
+                r.attempt(attempts);
+                r.finish(StepState::Done, elapsed, Some(message), None);
+            }
+            Event::Waiting {
+                id,
+                elapsed,
+                message,
+                awaiting,
+            } => {
+                warn!(step = %id, %message, "waiting for the operator");
+                st.tpm = awaiting.map(Into::into);
+                st.step_mut(id)
+                    .finish(StepState::Waiting, elapsed, Some(message), None);
+            }
+            Event::Failed {
+                id,
+                attempts,
+                elapsed,
+                failure,
+            } => {
+                error!(step = %id, kind = ?failure.kind, error = %failure.message, hint = failure.hint.as_deref().unwrap_or(""), "step failed");
+                st.upsert_objects(failure.objects.clone());
+                st.last_error = Some(record(id, &failure));
+                st.message = format!("step {id} failed");
+                st.phase = Phase::Failed;
+                let state = if failure.not_implemented {
+                    StepState::NotImplemented
+                } else {
+                    StepState::Failed
+                };
+                let r = st.step_mut(id);
+                r.attempt(attempts);
+                r.finish(state, elapsed, None, Some(failure.message));
+            }
+            Event::RunFinished { waiting } => {
+                if waiting {
+                    st.phase = Phase::Waiting;
+                    st.message = "waiting for the operator: see the waiting step".into();
+                } else {
+                    st.phase = Phase::Ready;
+                    st.message = "Flux manages the cluster: every step is done".into();
+                    st.last_error = None;
+                }
+                info!(phase = ?st.phase, "boot sequence finished");
+            }
+        }
+        self.save();
+    }
+
     fn save(&mut self) {
         if let Err(e) = self.file.write(&mut self.status) {
             if !self.warned_status {
@@ -219,22 +276,12 @@ impl<'a, S: Steps> Machine<'a, S> {
 
     /// Runs every step of the plan.
     pub async fn run(&mut self) -> RunResult {
-        info!(
-            run = self.status.runs,
-            steps = self.plan.steps.len(),
-            "boot sequence starting"
-        );
-        self.status.phase = Phase::Running;
-        self.status.message = "starting".into();
-        self.save();
+        self.record(Event::RunStarted);
         let mut waiting = false;
         for planned in self.plan.steps.clone() {
             let id = planned.id;
-            if let Some(why) = &planned.skip {
-                let r = self.status.step_mut(id);
-                r.state = StepState::Skipped;
-                r.message = Some(why.clone());
-                info!(step = %id, reason = %why, "step skipped");
+            if let Some(reason) = planned.skip {
+                self.record(Event::Skipped { id, reason });
                 continue;
             }
             if self
@@ -248,102 +295,80 @@ impl<'a, S: Steps> Machine<'a, S> {
             match self.run_step(id, planned.deadline).await {
                 StepEnd::Done => {}
                 StepEnd::Waiting => waiting = true,
-                StepEnd::Failed(kind) => {
-                    self.status.phase = Phase::Failed;
-                    self.save();
-                    return RunResult::Failed(kind);
-                }
+                StepEnd::Failed(kind) => return RunResult::Failed(kind),
             }
         }
-        let result = if waiting {
+        self.record(Event::RunFinished { waiting });
+        if waiting {
             RunResult::Waiting
         } else {
             RunResult::Ready
-        };
-        self.status.phase = if waiting {
-            Phase::Waiting
-        } else {
-            Phase::Ready
-        };
-        self.status.message = if waiting {
-            "waiting for the operator: see the waiting step".into()
-        } else {
-            "Flux manages the cluster: every step is done".into()
-        };
-        if !waiting {
-            self.status.last_error = None;
         }
-        self.save();
-        info!(phase = ?self.status.phase, "boot sequence finished");
-        result
     }
 
     async fn run_step(&mut self, id: StepId, deadline: Duration) -> StepEnd {
         let started = Instant::now();
         let give_up = started + deadline;
-        {
-            let r = self.status.step_mut(id);
-            r.state = StepState::Running;
-            r.started_at = Some(now());
-            r.finished_at = None;
-            r.error = None;
-        }
-        self.status.message = format!("step {id}");
-        self.save();
-        info!(step = %id, deadline = ?deadline, "step started");
+        self.record(Event::Started { id, deadline });
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let mut pending = false;
-            self.status.step_mut(id).attempts = attempt;
             let result = self.steps.attempt(id).await;
             let elapsed = started.elapsed();
-            match result {
+            let pending = match result {
                 Ok(Outcome::Done { message, objects }) => {
-                    self.status.upsert_objects(objects);
-                    self.finish(id, StepState::Done, elapsed, Some(message.clone()), None);
-                    info!(step = %id, attempts = attempt, took = ?elapsed, %message, "step done");
+                    self.record(Event::Done {
+                        id,
+                        attempts: attempt,
+                        elapsed,
+                        message,
+                        objects,
+                    });
                     return StepEnd::Done;
                 }
-                Ok(Outcome::Waiting { message, tpm }) => {
-                    self.status.tpm = tpm;
-                    self.finish(id, StepState::Waiting, elapsed, Some(message.clone()), None);
-                    warn!(step = %id, %message, "waiting for the operator");
+                Ok(Outcome::Waiting { message, awaiting }) => {
+                    self.record(Event::Waiting {
+                        id,
+                        elapsed,
+                        message,
+                        awaiting,
+                    });
                     return StepEnd::Waiting;
                 }
+                Ok(Outcome::Pending { message, objects }) if Instant::now() >= give_up => {
+                    let failure = StepFailure::transient(format!("deadline of {deadline:?} exceeded: {message}"))
+                        .with_hint("the cluster did not converge in time; the objects below say what is still pending")
+                        .with_objects(objects);
+                    return self.fail(id, attempt, elapsed, failure);
+                }
                 Ok(Outcome::Pending { message, objects }) => {
-                    self.status.upsert_objects(objects);
-                    let r = self.status.step_mut(id);
-                    r.state = StepState::Running;
-                    r.message = Some(message.clone());
-                    if Instant::now() >= give_up {
-                        let failure = StepFailure::transient(format!("deadline of {deadline:?} exceeded: {message}"))
-                            .with_hint("the cluster did not converge in time; the objects below say what is still pending");
-                        return self.fail(id, failure, elapsed);
-                    }
-                    info!(step = %id, attempt, %message, "step pending");
-                    pending = true;
+                    self.record(Event::Pending {
+                        id,
+                        attempt,
+                        message,
+                        objects,
+                    });
+                    true
                 }
                 Err(failure) if failure.kind != ErrorKind::Transient => {
-                    return self.fail(id, failure, elapsed);
+                    return self.fail(id, attempt, elapsed, failure);
+                }
+                Err(failure) if Instant::now() >= give_up => {
+                    let message = format!(
+                        "deadline of {deadline:?} exceeded after {attempt} attempts; last error: {}",
+                        failure.message
+                    );
+                    return self.fail(id, attempt, elapsed, StepFailure { message, ..failure });
                 }
                 Err(failure) => {
-                    if Instant::now() >= give_up {
-                        let message = format!(
-                            "deadline of {deadline:?} exceeded after {attempt} attempts; last error: {}",
-                            failure.message
-                        );
-                        return self.fail(id, StepFailure { message, ..failure }, elapsed);
-                    }
-                    warn!(step = %id, attempt, error = %failure.message, "step failed, will retry");
-                    self.status.upsert_objects(failure.objects.clone());
-                    let r = self.status.step_mut(id);
-                    r.state = StepState::Retrying;
-                    r.error = Some(failure.message.clone());
-                    self.status.last_error = Some(record(id, &failure));
+                    self.record(Event::Retrying {
+                        id,
+                        attempt,
+                        failure,
+                    });
+                    false
                 }
-            }
-            self.save();
+            };
             let retry = if pending {
                 RetryConfig {
                     max: self.retry.max.min(PENDING_POLL_MAX),
@@ -358,35 +383,21 @@ impl<'a, S: Steps> Machine<'a, S> {
         }
     }
 
-    fn finish(
+    fn fail(
         &mut self,
         id: StepId,
-        state: StepState,
+        attempt: u32,
         elapsed: Duration,
-        message: Option<String>,
-        error: Option<String>,
-    ) {
-        let r = self.status.step_mut(id);
-        r.state = state;
-        r.finished_at = Some(now());
-        r.duration_ms = Some(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
-        r.message = message;
-        r.error = error;
-        self.save();
-    }
-
-    fn fail(&mut self, id: StepId, failure: StepFailure, elapsed: Duration) -> StepEnd {
-        error!(step = %id, kind = ?failure.kind, error = %failure.message, hint = failure.hint.as_deref().unwrap_or(""), "step failed");
-        self.status.upsert_objects(failure.objects.clone());
-        self.status.last_error = Some(record(id, &failure));
-        self.status.message = format!("step {id} failed");
-        let state = if failure.not_implemented {
-            StepState::NotImplemented
-        } else {
-            StepState::Failed
-        };
-        self.finish(id, state, elapsed, None, Some(failure.message.clone()));
-        StepEnd::Failed(failure.kind)
+        failure: StepFailure,
+    ) -> StepEnd {
+        let kind = failure.kind;
+        self.record(Event::Failed {
+            id,
+            attempts: attempt,
+            elapsed,
+            failure,
+        });
+        StepEnd::Failed(kind)
     }
 }
 
@@ -413,7 +424,11 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use std::future::Future;
+
     use crate::config::Config;
+    use crate::kube::ObjectState;
+    use crate::status::{ObjectRecord, TpmRecord};
 
     type Script = HashMap<StepId, VecDeque<Result<Outcome, StepFailure>>>;
 
@@ -475,8 +490,8 @@ mod tests {
         steps: Scripted,
         dir: &Path,
         previous: Option<Status>,
-    ) -> Machine<'a, Scripted> {
-        Machine::new(
+    ) -> Sequence<'a, Scripted> {
+        Sequence::new(
             plan,
             steps,
             StatusFile::new(dir.join("status.json")),
@@ -601,8 +616,8 @@ mod tests {
             StepState::Failed
         );
         assert_eq!(
-            RunResult::Failed(ErrorKind::Transient).exit_code(),
-            crate::exit::TRANSIENT
+            RunResult::Failed(ErrorKind::Transient).exit(),
+            Exit::Transient
         );
     }
 
@@ -629,23 +644,19 @@ mod tests {
     async fn pending_is_polled_until_done_and_reports_objects() {
         let dir = tempfile::tempdir().unwrap();
         let plan = plan(TALOS);
-        let obj = |state: &str| ObjectRecord {
-            kind: "Kustomization".into(),
-            namespace: Some("flux-system".into()),
-            name: "flux-system".into(),
-            state: state.into(),
-            message: String::new(),
+        let obj = |state: ObjectState| {
+            ObjectReport::new("Kustomization", "flux-system", "flux-system", state, "")
         };
         let steps = Scripted::default().answer(
             StepId::Ready,
             vec![
                 Ok(Outcome::Pending {
                     message: "reconciling".into(),
-                    objects: vec![obj("Progressing")],
+                    objects: vec![obj(ObjectState::Progressing)],
                 }),
                 Ok(Outcome::Done {
                     message: "ready".into(),
-                    objects: vec![obj("Ready")],
+                    objects: vec![obj(ObjectState::Ready)],
                 }),
             ],
         );
@@ -653,7 +664,7 @@ mod tests {
         assert_eq!(m.run().await, RunResult::Ready);
         assert_eq!(
             m.status().objects,
-            vec![obj("Ready")],
+            vec![ObjectRecord::from(obj(ObjectState::Ready))],
             "one line per object, updated in place"
         );
     }
@@ -704,7 +715,7 @@ mod tests {
     async fn waiting_for_sealed_input_lets_the_other_steps_run_and_ends_waiting() {
         let dir = tempfile::tempdir().unwrap();
         let plan = plan(TALOS);
-        let tpm = TpmRecord {
+        let awaiting = Awaiting {
             recipient: "age1abc".into(),
             command: "age -a -r age1abc ...".into(),
         };
@@ -712,15 +723,15 @@ mod tests {
             StepId::Secrets,
             vec![Ok(Outcome::Waiting {
                 message: "waiting for sealed secrets".into(),
-                tpm: Some(tpm.clone()),
+                awaiting: Some(awaiting.clone()),
             })],
         );
         let mut m = machine(&plan, steps.clone(), dir.path(), None);
         assert_eq!(m.run().await, RunResult::Waiting);
-        assert_eq!(RunResult::Waiting.exit_code(), crate::exit::SUCCESS);
+        assert_eq!(RunResult::Waiting.exit(), Exit::Success);
         assert_eq!(steps.calls(StepId::Ready), 1);
         assert_eq!(m.status().phase, Phase::Waiting);
-        assert_eq!(m.status().tpm, Some(tpm));
+        assert_eq!(m.status().tpm, Some(TpmRecord::from(awaiting)));
         assert_eq!(
             m.status().step(StepId::Secrets).unwrap().state,
             StepState::Waiting
@@ -820,7 +831,7 @@ mod tests {
             }
         }
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let mut m = Machine::new(
+        let mut m = Sequence::new(
             &plan,
             Observer(dir.path().join("status.json"), seen.clone()),
             StatusFile::new(dir.path().join("status.json")),

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::error::{Classify, ErrorKind, chain, transient_if};
+
 /// File name of the lock inside a bundle directory.
 pub const LOCK_FILE: &str = "bundle.lock.yaml";
 
@@ -99,10 +101,18 @@ pub enum BundleError {
     Insecure { artifact: String, url: String },
 }
 
-impl BundleError {
+impl Classify for BundleError {
     /// Network failures may pass; digest and content errors will not.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, BundleError::Fetch { .. })
+    fn kind(&self) -> ErrorKind {
+        transient_if(matches!(self, BundleError::Fetch { .. }))
+    }
+
+    fn hint(&self) -> Option<String> {
+        (!self.is_transient()).then(|| {
+            "check bundle.lock.yaml: its pins decide what the agent accepts; rebuild the \
+             extension with a complete, pinned bundle, or set bundle.fetch: true"
+                .into()
+        })
     }
 }
 
@@ -537,7 +547,7 @@ async fn download(
         .get(url)
         .send()
         .await
-        .map_err(|e| fetch_err(error_chain(&e)))?;
+        .map_err(|e| fetch_err(chain(&e)))?;
     if !resp.status().is_success() {
         return Err(fetch_err(format!("HTTP {}", resp.status())));
     }
@@ -553,24 +563,13 @@ async fn download(
         return Err(too_large());
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| fetch_err(error_chain(&e)))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| fetch_err(chain(&e)))? {
         if body.len() + chunk.len() > opts.max_bytes {
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Downloads every artifact of `lock`, checks each against its pin and parses it, then writes

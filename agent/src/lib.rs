@@ -10,12 +10,17 @@ pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod duration;
+pub mod error;
 pub mod exit;
 pub mod kube;
 pub mod logging;
-pub mod node;
 pub mod plan;
+pub mod preflight;
 pub mod seal;
 pub mod status;
+pub mod steps;
 pub mod talos;
 pub mod tpm;
+
+#[cfg(test)]
+mod layering;

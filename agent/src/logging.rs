@@ -1,5 +1,8 @@
-//! Logging to stderr with `tracing`: Talos collects it (`talosctl logs ext-bootstrap-agent`).
+//! Logging to stderr with `tracing`: Talos collects it (`talosctl logs ext-bootstrap-agent`
+//! shows the raw bytes), so colour codes are written only when stderr is a terminal.
 //! `RUST_LOG` filters (default `info`); `BOOTSTRAP_AGENT_LOG_FORMAT=json` switches to JSON lines.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -10,6 +13,7 @@ pub fn init() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = if json {
         builder.json().try_init()

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use bootstrap_agent::cli::{self, Cli, Command};
+use bootstrap_agent::cli::Cli;
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -13,12 +13,5 @@ fn main() -> ExitCode {
         tracing::warn!(error = %e, "could not disable core dumps");
     }
     bootstrap_agent::talos::install_crypto_provider();
-    let code = match cli.command {
-        Command::Run(args) => cli::run::main(&args),
-        Command::Status(args) => cli::status::main(&args),
-        Command::Plan { config } => cli::plan::main(&config),
-        Command::Bundle(cmd) => cli::bundle::main(&cmd),
-        Command::Tpm(cmd) => return cli::tpm::run(&cmd),
-    };
-    ExitCode::from(code)
+    cli.command.run().into()
 }

@@ -4,77 +4,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use crate::config::{ClusterAccess, Config, FLUX_NAMESPACE, SealedSource};
+use crate::bundle::{Bundle, Manifest};
+use crate::config::{Config, FLUX_NAMESPACE, SealedSource};
 use crate::duration::format_go;
 
-/// The boot sequence, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StepId {
-    /// Wait until machined answers on its local socket.
-    TalosApi,
-    /// Bootstrap etcd (once per cluster).
-    Etcd,
-    /// Obtain the admin kubeconfig from machined (in memory only).
-    Kubeconfig,
-    /// Wait until the Kubernetes API answers.
-    KubeApi,
-    /// Unseal the sealed inputs with the TPM and create their Secrets, then lock the TPM seed.
-    Secrets,
-    /// Apply the CRDs and Namespaces of the bundle and wait until they are Established.
-    Crds,
-    /// Apply Flux's components (only while Flux has never synced; Git owns them afterwards).
-    Flux,
-    /// Apply the GitRepository and Kustomization `flux-system`.
-    Sync,
-    /// Wait until Flux reports the sync Ready.
-    Ready,
-}
-
-impl StepId {
-    /// Every step, in execution order.
-    pub const ALL: [StepId; 9] = [
-        StepId::TalosApi,
-        StepId::Etcd,
-        StepId::Kubeconfig,
-        StepId::KubeApi,
-        StepId::Secrets,
-        StepId::Crds,
-        StepId::Flux,
-        StepId::Sync,
-        StepId::Ready,
-    ];
-
-    /// The name used in logs, the status file and the CLI.
-    pub fn name(self) -> &'static str {
-        match self {
-            StepId::TalosApi => "talos-api",
-            StepId::Etcd => "etcd",
-            StepId::Kubeconfig => "kubeconfig",
-            StepId::KubeApi => "kube-api",
-            StepId::Secrets => "secrets",
-            StepId::Crds => "crds",
-            StepId::Flux => "flux",
-            StepId::Sync => "sync",
-            StepId::Ready => "ready",
-        }
-    }
-
-    /// A step whose completion survives restarts within the life of the node's `/var`: once the
-    /// status file records it done, a later run does not repeat it. Every other step is re-run
-    /// and must find nothing to change.
-    pub fn is_durable(self) -> bool {
-        matches!(self, StepId::Etcd)
-    }
-}
-
-impl fmt::Display for StepId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::steps::StepId;
 
 /// One step of the plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,112 +81,24 @@ impl Plan {
     /// Builds the plan from a validated configuration and the objects of the bundle (the bundle
     /// module lists them; pass none when the bundle is not available offline).
     pub fn new(config: &Config, bundle_objects: Vec<PlannedObject>) -> Plan {
-        let d = &config.deadlines;
-        let (on_talos, bootstrap_etcd) = match &config.cluster {
-            ClusterAccess::Talos { bootstrap_etcd, .. } => (true, *bootstrap_etcd),
-            ClusterAccess::Kubeconfig { .. } => (false, false),
-        };
-        let not_talos = (!on_talos)
-            .then(|| "no `talos` section: the cluster comes from a kubeconfig".to_string());
-        let step = |id, action: String, skip: Option<String>, deadline| PlannedStep {
-            id,
-            action,
-            skip,
-            deadline,
-        };
-        let sealed = config.secrets.iter().filter(|s| s.sealed.is_some()).count();
-        let mut steps = vec![
-            step(
-                StepId::TalosApi,
-                match &config.cluster {
-                    ClusterAccess::Talos { socket, .. } => {
-                        format!("wait for machined on {}", socket.display())
-                    }
-                    ClusterAccess::Kubeconfig { .. } => "wait for machined".into(),
-                },
-                not_talos.clone(),
-                d.talos_api,
-            ),
-            step(
-                StepId::Etcd,
-                "bootstrap etcd through the local Talos API (once per cluster)".into(),
-                if !on_talos {
-                    not_talos.clone()
-                } else {
-                    (!bootstrap_etcd).then(|| "talos.bootstrapEtcd is false".into())
-                },
-                d.etcd,
-            ),
-            step(
-                StepId::Kubeconfig,
-                "obtain the admin kubeconfig from machined (kept in memory)".into(),
-                not_talos,
-                d.kube_api,
-            ),
-            step(
-                StepId::KubeApi,
-                match &config.cluster {
-                    ClusterAccess::Talos { .. } => "wait for the Kubernetes API".into(),
-                    ClusterAccess::Kubeconfig { path } => {
-                        format!("wait for the Kubernetes API of {}", path.display())
-                    }
-                },
-                None,
-                d.kube_api,
-            ),
-            step(
-                StepId::Secrets,
-                format!(
-                    "unseal {sealed} of {} secret(s) with the TPM at {} (PCRs {:?}), create them, then extend PCR {}",
-                    config.secrets.len(),
-                    config.tpm.address,
-                    config.tpm.pcrs,
-                    config.tpm.lock_pcr
-                ),
-                config
-                    .secrets
-                    .is_empty()
-                    .then(|| "no secrets configured".into()),
-                d.secrets,
-            ),
-            step(
-                StepId::Crds,
-                "apply Namespaces and CRDs, wait until Established".into(),
-                None,
-                d.crds,
-            ),
-            step(
-                StepId::Flux,
-                "apply Flux's components unless Flux has already synced from Git".into(),
-                None,
-                d.flux,
-            ),
-            step(
-                StepId::Sync,
-                format!(
-                    "apply GitRepository and Kustomization flux-system ({} {} {})",
-                    config.flux.url, config.flux.branch, config.flux.path
-                ),
-                None,
-                d.flux,
-            ),
-            step(
-                StepId::Ready,
-                "wait until Flux reports the sync Ready".into(),
-                None,
-                d.ready,
-            ),
-        ];
-        steps.sort_by_key(|s| s.id);
-
-        let mut objects: Vec<PlannedObject> = config
+        let settings = &config.steps;
+        let steps = StepId::ALL
+            .into_iter()
+            .map(|id| PlannedStep {
+                id,
+                action: id.action(settings),
+                skip: id.skip(settings),
+                deadline: settings.deadlines.for_step(id),
+            })
+            .collect();
+        let mut objects: Vec<PlannedObject> = settings
             .secrets
             .iter()
             .map(|s| PlannedObject {
                 stage: Stage::Secrets,
                 kind: "Secret".into(),
-                namespace: Some(s.namespace.clone()),
-                name: s.name.clone(),
+                namespace: Some(s.namespace.to_string()),
+                name: s.name.to_string(),
                 note: match &s.sealed {
                     None => format!(
                         "key {}: sealed input missing: the run will enrol and wait",
@@ -266,7 +112,7 @@ impl Plan {
             })
             .collect();
         objects.extend(bundle_objects);
-        let flux = &config.flux;
+        let flux = &settings.flux;
         objects.push(PlannedObject {
             stage: Stage::Sync,
             kind: "GitRepository".into(),
@@ -276,7 +122,7 @@ impl Plan {
                 "{} branch {} every {}",
                 flux.url,
                 flux.branch,
-                format_go(flux.interval)
+                format_go(flux.source_interval)
             ),
         });
         objects.push(PlannedObject {
@@ -287,11 +133,30 @@ impl Plan {
             note: format!(
                 "path {} every {}, SOPS decryption with sops-age",
                 flux.path,
-                format_go(flux.kustomization_interval)
+                format_go(flux.interval)
             ),
         });
         objects.sort_by_key(|o| o.stage);
         Plan { steps, objects }
+    }
+
+    /// The objects of a bundle, by stage, for [`Plan::new`].
+    pub fn bundle_objects(bundle: &Bundle) -> Vec<PlannedObject> {
+        let planned = |m: &Manifest, components: bool| PlannedObject {
+            stage: if m.is_crd() || m.kind() == "Namespace" || !components {
+                Stage::Definitions
+            } else {
+                Stage::Components
+            },
+            kind: m.kind().to_string(),
+            namespace: m.namespace().map(str::to_string),
+            name: m.name().to_string(),
+            note: String::new(),
+        };
+        let mut objects: Vec<PlannedObject> =
+            bundle.crds.iter().map(|m| planned(m, false)).collect();
+        objects.extend(bundle.flux.iter().map(|m| planned(m, true)));
+        objects
     }
 
     /// The planned step for `id`.

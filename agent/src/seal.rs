@@ -13,8 +13,10 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::error::{Classify, ErrorKind, Invalid};
 use crate::tpm::seed::{self, Enrolment, SeedError, SeedLocation};
-use crate::tpm::{Tpm, TpmError, transport};
+use crate::tpm::transport::{self, Address};
+use crate::tpm::{Tpm, TpmError};
 
 /// Default NV index of the seed: in the TCG owner range (0x01000000..0x013FFFFF), "5EED".
 pub const DEFAULT_NV_INDEX: u32 = 0x0130_5EED;
@@ -29,28 +31,25 @@ const HKDF_INFO: &[u8] = b"bootstrap-agent/age-x25519-identity/v1";
 pub const SEALED_FILE_HINT: &str = "sops-age.tpm.age";
 pub const KEY_FILE_HINT: &str = ".age-key.txt";
 
-/// Where the TPM is and how the seed is guarded.
+/// Where the TPM is and how the seed is guarded: the one shape of the TPM settings, which the
+/// configuration's `tpm` section and the `tpm` subcommand's options both produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TpmSettings {
-    /// `/dev/tpmrm0`, `tcp://HOST:PORT` or `unix:///PATH`.
-    pub address: String,
-    /// Policy PCRs (SHA-256 bank); default `[7]`.
-    pub pcrs: Vec<u32>,
-    /// PCR extended after use; default 15.
-    pub lock_pcr: u32,
-    /// NV index of the seed; default [`DEFAULT_NV_INDEX`].
+    pub address: Address,
+    pub policy: PcrPolicy,
+    /// NV index of the seed; default [`DEFAULT_NV_INDEX`] (see [`nv_index`]).
     pub nv_index: u32,
     /// Pinned name of the salt key (hex of nameAlg || SHA-256 of its public area), as printed by
-    /// `tpm enroll`. When set, a different key is refused (bus interposer).
+    /// `tpm enroll` (see [`salt_key_name`]). When set, a different key is refused (bus
+    /// interposer).
     pub salt_key_name: Option<String>,
 }
 
 impl Default for TpmSettings {
     fn default() -> Self {
         Self {
-            address: crate::cli::tpm::DEFAULT_TPM.to_string(),
-            pcrs: DEFAULT_PCRS.to_vec(),
-            lock_pcr: DEFAULT_LOCK_PCR,
+            address: Address::default(),
+            policy: PcrPolicy::default(),
             nv_index: DEFAULT_NV_INDEX,
             salt_key_name: None,
         }
@@ -59,11 +58,11 @@ impl Default for TpmSettings {
 
 impl TpmSettings {
     /// Settings for a TPM address with every other value at its default.
-    pub fn at(address: &str) -> Self {
-        Self {
-            address: address.to_string(),
+    pub fn at(address: &str) -> Result<Self, Invalid> {
+        Ok(Self {
+            address: address.parse()?,
             ..Self::default()
-        }
+        })
     }
 
     fn location(&self) -> Result<SeedLocation, SealError> {
@@ -77,8 +76,8 @@ impl TpmSettings {
         };
         Ok(SeedLocation {
             nv_index: self.nv_index,
-            pcrs: self.pcrs.clone(),
-            lock_pcr: self.lock_pcr,
+            pcrs: self.policy.pcrs.clone(),
+            lock_pcr: self.policy.lock_pcr,
             salt_key_name,
         })
     }
@@ -86,6 +85,127 @@ impl TpmSettings {
     fn open(&self) -> Result<Tpm, SealError> {
         Ok(Tpm::new(
             transport::open(&self.address).map_err(SeedError::from)?,
+        ))
+    }
+}
+
+/// The PCRs the seed's read policy binds to (SHA-256 bank) and the lock PCR extended after use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcrPolicy {
+    pcrs: Vec<u32>,
+    lock_pcr: u32,
+}
+
+/// Which half of a [`PcrPolicy`] a problem is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PcrField {
+    /// The policy PCRs.
+    Pcrs,
+    /// The lock PCR.
+    LockPcr,
+}
+
+impl Default for PcrPolicy {
+    fn default() -> Self {
+        PcrPolicy {
+            pcrs: DEFAULT_PCRS.to_vec(),
+            lock_pcr: DEFAULT_LOCK_PCR,
+        }
+    }
+}
+
+impl PcrPolicy {
+    /// A policy over `pcrs` locked by `lock_pcr`, or every problem with it. Talos extends PCR 11
+    /// at every boot phase; PCRs 16 and 23 can be reset by any process, which would undo the
+    /// lock.
+    pub fn new(pcrs: Vec<u32>, lock_pcr: u32) -> Result<PcrPolicy, Vec<(PcrField, Invalid)>> {
+        let mut problems = Vec::new();
+        let mut pcr = |message: String, fix: &str| {
+            problems.push((PcrField::Pcrs, Invalid::new(message, fix)));
+        };
+        if pcrs.is_empty() {
+            pcr(
+                "is empty: the seed would be readable by any OS booted on this machine".into(),
+                "use [7] (SecureBoot state)",
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for &p in &pcrs {
+            if p > 23 {
+                pcr(
+                    format!("{p} is not a PCR index"),
+                    "PCRs are 0 to 23; use [7]",
+                );
+            } else if !seen.insert(p) {
+                pcr(format!("PCR {p} is listed twice"), "list each PCR once");
+            } else if p == 11 {
+                pcr(
+                    "PCR 11 changes at every boot phase on Talos".into(),
+                    "leave 11 out; use [7]",
+                );
+            }
+        }
+        let lock = |message: String| Invalid::new(message, "use 15 (unused by Talos)");
+        let lock_problem = if lock_pcr > 23 {
+            Some(lock(format!("{lock_pcr} is not a PCR index")))
+        } else if lock_pcr == 16 || lock_pcr == 23 {
+            Some(lock(format!(
+                "PCR {lock_pcr} can be reset by any process, which would undo the lock"
+            )))
+        } else if lock_pcr == 11 {
+            Some(lock(
+                "PCR 11 is extended by Talos at every boot phase".into(),
+            ))
+        } else if pcrs.contains(&lock_pcr) {
+            Some(Invalid::new(
+                format!("the lock PCR {lock_pcr} is also listed as a policy PCR"),
+                "the lock PCR must be a separate PCR; use 15",
+            ))
+        } else {
+            None
+        };
+        problems.extend(lock_problem.map(|i| (PcrField::LockPcr, i)));
+        if problems.is_empty() {
+            Ok(PcrPolicy { pcrs, lock_pcr })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The policy PCRs.
+    pub fn pcrs(&self) -> &[u32] {
+        &self.pcrs
+    }
+
+    /// The PCR extended after use.
+    pub fn lock_pcr(&self) -> u32 {
+        self.lock_pcr
+    }
+}
+
+/// Checks an NV index handle for the seed (0x01000000 to 0x01FFFFFF).
+pub fn nv_index(value: u64) -> Result<u32, Invalid> {
+    u32::try_from(value)
+        .ok()
+        .filter(|i| (0x0100_0000..=0x01FF_FFFF).contains(i))
+        .ok_or_else(|| {
+            Invalid::new(
+                format!("0x{value:X} is not an NV index (0x01000000 to 0x01FFFFFF)"),
+                "leave it out to use the agent's default",
+            )
+        })
+}
+
+/// Checks a salt key name as `tpm enroll` prints it; returns it in lower case.
+pub fn salt_key_name(text: &str) -> Result<String, Invalid> {
+    let hex = text.trim().to_ascii_lowercase();
+    // nameAlg (2 bytes) followed by a SHA-256 digest.
+    if hex.len() == 68 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex)
+    } else {
+        Err(Invalid::new(
+            "is not a TPM object name (68 hex digits: 000b followed by a SHA-256 digest)",
+            "copy the name `bootstrap-agent tpm enroll` prints, or leave it out",
         ))
     }
 }
@@ -150,17 +270,15 @@ pub enum SealError {
     NotAnIdentity { label: String, detail: String },
 }
 
-impl SealError {
-    /// Whether retrying within the same boot may succeed.
-    pub fn is_transient(&self) -> bool {
+impl Classify for SealError {
+    fn kind(&self) -> ErrorKind {
         match self {
-            SealError::Seed(e) => e.is_transient(),
-            _ => false,
+            SealError::Seed(e) => e.kind(),
+            _ => ErrorKind::Permanent,
         }
     }
 
-    /// What an operator can do, beyond the message.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             SealError::Seed(e) => e.hint(),
             _ => None,
@@ -368,7 +486,7 @@ pub fn lock(settings: &TpmSettings) -> Result<(), SealError> {
     let mut tpm = settings.open()?;
     seed::lock(&mut tpm, &loc)?;
     tracing::info!(
-        pcr = settings.lock_pcr,
+        pcr = settings.policy.lock_pcr,
         "lock PCR extended: the seed is sealed until next boot"
     );
     Ok(())

@@ -12,7 +12,12 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::duration::format_short;
-use crate::plan::StepId;
+pub use crate::error::ErrorKind;
+use crate::kube::{ObjectReport, ObjectState};
+use crate::steps::{Awaiting, StepId};
+
+/// Where the agent writes its status on the host (readable with `talosctl read`).
+pub const DEFAULT_PATH: &str = "/var/lib/bootstrap-agent/status.json";
 
 /// Version of the document's shape; bump on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -74,6 +79,11 @@ pub struct StepRecord {
     pub error: Option<String>,
 }
 
+/// A step record changes only through these transitions; each names the states it may start
+/// from (checked in debug builds), and all of them go through [`StepRecord::transition_to`].
+/// The model is zincati's update agent: one `transition_to` behind named transitions
+/// (coreos/zincati, `src/update_agent/mod.rs`, `UpdateAgentMachineState::transition_to`, line
+/// 127 at be76c4a).
 impl StepRecord {
     /// A step that has not started.
     pub fn pending(step: StepId) -> StepRecord {
@@ -87,6 +97,77 @@ impl StepRecord {
             message: None,
             error: None,
         }
+    }
+
+    fn transition_to(&mut self, to: StepState) {
+        debug_assert!(
+            self.state.may_become(to),
+            "step {}: transition not allowed: {:?} to {:?}",
+            self.step,
+            self.state,
+            to
+        );
+        self.state = to;
+    }
+
+    /// Done in an earlier run (a durable step): not repeated in this one.
+    pub fn carry_over(&mut self, earlier: &StepRecord) {
+        self.transition_to(StepState::Done);
+        self.attempts = 0;
+        self.finished_at = earlier.finished_at.clone();
+        self.message = Some(format!(
+            "done in an earlier run ({})",
+            earlier
+                .message
+                .as_deref()
+                .unwrap_or("recorded in the status file")
+        ));
+    }
+
+    /// Not part of this run, for `reason`.
+    pub fn skip(&mut self, reason: &str) {
+        self.transition_to(StepState::Skipped);
+        self.message = Some(reason.to_string());
+    }
+
+    /// The first attempt is about to start.
+    pub fn start(&mut self) {
+        self.transition_to(StepState::Running);
+        self.started_at = Some(now());
+        self.finished_at = None;
+        self.error = None;
+    }
+
+    /// Attempt number `attempt` is under way.
+    pub fn attempt(&mut self, attempt: u32) {
+        self.attempts = attempt;
+    }
+
+    /// Not there yet, nothing wrong: polled again.
+    pub fn progress(&mut self, message: &str) {
+        self.transition_to(StepState::Running);
+        self.message = Some(message.to_string());
+    }
+
+    /// Failed transiently; tried again after a backoff.
+    pub fn retry(&mut self, error: &str) {
+        self.transition_to(StepState::Retrying);
+        self.error = Some(error.to_string());
+    }
+
+    /// Finished in `state` (done, waiting, failed or not implemented) after `elapsed`.
+    pub fn finish(
+        &mut self,
+        state: StepState,
+        elapsed: Duration,
+        message: Option<String>,
+        error: Option<String>,
+    ) {
+        self.transition_to(state);
+        self.finished_at = Some(now());
+        self.duration_ms = Some(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+        self.message = message;
+        self.error = error;
     }
 }
 
@@ -107,6 +188,19 @@ pub enum StepState {
 }
 
 impl StepState {
+    /// The transitions a step record may make.
+    fn may_become(self, to: StepState) -> bool {
+        use StepState::*;
+        matches!(
+            (self, to),
+            (Pending, Skipped | Done | Running)
+                | (
+                    Running | Retrying,
+                    Running | Retrying | Done | Waiting | Failed | NotImplemented
+                )
+        )
+    }
+
     fn mark(self) -> &'static str {
         match self {
             StepState::Done => "[ok]",
@@ -130,17 +224,6 @@ impl StepState {
             StepState::NotImplemented => "not implemented",
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ErrorKind {
-    /// Retrying may help.
-    Transient,
-    /// Retrying will not help; something must change.
-    Permanent,
-    /// The configuration is wrong.
-    Config,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,9 +253,30 @@ pub struct ObjectRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub name: String,
-    pub state: String,
+    pub state: ObjectState,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+}
+
+impl From<Awaiting> for TpmRecord {
+    fn from(a: Awaiting) -> TpmRecord {
+        TpmRecord {
+            recipient: a.recipient,
+            command: a.command,
+        }
+    }
+}
+
+impl From<ObjectReport> for ObjectRecord {
+    fn from(r: ObjectReport) -> ObjectRecord {
+        ObjectRecord {
+            kind: r.kind,
+            namespace: (!r.namespace.is_empty()).then_some(r.namespace),
+            name: r.name,
+            state: r.state,
+            message: r.message,
+        }
+    }
 }
 
 /// Now, as RFC 3339 (UTC).
@@ -225,8 +329,8 @@ impl Status {
     }
 
     /// Replaces the object lines of one kind of report (matched by kind and name).
-    pub fn upsert_objects(&mut self, objects: impl IntoIterator<Item = ObjectRecord>) {
-        for o in objects {
+    pub fn upsert_objects<O: Into<ObjectRecord>>(&mut self, objects: impl IntoIterator<Item = O>) {
+        for o in objects.into_iter().map(Into::into) {
             match self
                 .objects
                 .iter_mut()
@@ -527,7 +631,7 @@ mod tests {
             kind: "Kustomization".into(),
             namespace: Some("flux-system".into()),
             name: "flux-system".into(),
-            state: "Failed".into(),
+            state: ObjectState::Failed,
             message: "kustomize build failed".into(),
         }]);
         s

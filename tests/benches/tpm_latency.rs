@@ -27,7 +27,7 @@ fn main() {
     let mut enrol = Vec::new();
     for _ in 0..15 {
         let tpm = Swtpm::start().expect("start swtpm");
-        let settings = TpmSettings::at(&tpm.address());
+        let settings = TpmSettings::at(&tpm.address()).unwrap();
         let t = Instant::now();
         seal::enroll(&settings).expect("enroll");
         enrol.push(t.elapsed());
@@ -35,7 +35,7 @@ fn main() {
     stats("enrol (new seed)", enrol);
 
     let tpm = Swtpm::start().expect("start swtpm");
-    let settings = TpmSettings::at(&tpm.address());
+    let settings = TpmSettings::at(&tpm.address()).unwrap();
     let recipient = seal::enroll(&settings).expect("enroll");
     let key = tpm.scratch().join("key.txt");
     assert!(

@@ -1,7 +1,8 @@
 //! `bootstrap-agent run` as the Talos service against the Talos API stand-in (issue 2's
 //! "Done when"): Bootstrap exactly once across two runs, the kubeconfig obtained, the status
 //! file written and read back over mTLS by `bootstrap-agent status`; and a configuration with
-//! several mistakes refused by `plan` and `run`, every mistake listed.
+//! several mistakes refused by `plan` (exit 2) and `run` (recorded, then waiting for a change),
+//! every mistake listed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
@@ -137,8 +138,9 @@ async fn a_config_with_several_mistakes_is_refused_by_plan_and_run_listing_all()
         assert!(out.contains(field), "plan does not name {field}:\n{out}");
     }
 
-    let run = node.service_with(1).wait(RUN).await;
-    assert_eq!(run.last().map(|e| e.code), Some(Some(2)), "{}", run.log);
+    // run records it and waits for the configuration to change (no restart loop).
+    let (service, status) = node.service_until_failed(RUN).await;
+    let run = service.stop().await;
     for field in expected {
         assert!(
             run.log.contains(field),
@@ -147,14 +149,49 @@ async fn a_config_with_several_mistakes_is_refused_by_plan_and_run_listing_all()
         );
     }
     // The status file says so too, for `bootstrap-agent status`.
-    let status = node
-        .status()
-        .expect("status written on a configuration error");
-    assert_eq!(status.phase, Phase::Failed);
     let err = status.last_error.expect("last error");
     for field in expected {
         assert!(err.message.contains(field), "{}", err.message);
     }
     assert_eq!(node.talos.bootstrap_calls(), 0);
+    assert!(node.kube.agent_requests().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_makes_the_offline_checks_plan_makes_before_touching_the_node() {
+    let node = Node::start(NodeOptions::default()).await;
+    // A bundle directory without its lock: plan has always refused it; run used to find out
+    // only at the crds step, after bootstrapping etcd.
+    let empty = node.work().join("empty-bundle");
+    std::fs::create_dir_all(&empty).unwrap();
+    let text = no_secrets(&node).replace(
+        &node.bundle_dir().display().to_string(),
+        &empty.display().to_string(),
+    );
+    node.write_config_text(&text);
+    let config = node.config_path().display().to_string();
+
+    let plan = node.agent(&["plan", "--config", &config]);
+    assert_eq!(
+        plan.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    assert!(String::from_utf8_lossy(&plan.stderr).contains("bundle.lock.yaml"));
+
+    let (service, status) = node.service_until_failed(RUN).await;
+    let run = service.stop().await;
+    assert!(run.log.contains("bundle.lock.yaml"), "{}", run.log);
+    assert!(
+        status
+            .last_error
+            .unwrap()
+            .message
+            .contains("bundle.lock.yaml"),
+        "{}",
+        run.log
+    );
+    assert_eq!(node.talos.bootstrap_calls(), 0, "{}", run.log);
     assert!(node.kube.agent_requests().await.is_empty());
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bootstrap_agent::bundle::Bundle;
 use bootstrap_agent::kube::{
-    Cluster, ClusterOptions, FluxSync, KubeError, Readiness, SecretOutcome, SecretSpec,
+    Cluster, ClusterOptions, FluxSync, KubeError, ObjectState, Readiness, SecretOutcome, SecretSpec,
 };
 use bootstrap_agent_tests::envtest::{AGENT_USER, ApiServer, managers};
 use bootstrap_agent_tests::kubeapi::ObjectRef;
@@ -186,7 +186,7 @@ async fn first_boot_reaches_ready_and_reruns_send_no_mutating_request() {
         .await
         .unwrap();
     assert!(
-        crd_reports.iter().all(|r| r.state == "Created"),
+        crd_reports.iter().all(|r| r.state == ObjectState::Created),
         "{crd_reports:#?}"
     );
     let established = e.server.established_crds().await;
@@ -260,7 +260,7 @@ async fn first_boot_reaches_ready_and_reruns_send_no_mutating_request() {
     match e.cluster.check_ready(&sync()).await.unwrap() {
         Readiness::Progressing(r) => assert!(
             r.iter()
-                .any(|l| l.kind == "Deployment" && l.state == "Progressing"),
+                .any(|l| l.kind == "Deployment" && l.state == ObjectState::Progressing),
             "{r:#?}"
         ),
         other => panic!("expected Progressing before the controllers run, got {other:?}"),
@@ -281,7 +281,7 @@ async fn first_boot_reaches_ready_and_reruns_send_no_mutating_request() {
                     .any(|l| l.kind == "Kustomization" && l.message.contains(REV)),
                 "{r:#?}"
             );
-            assert!(r.iter().all(|l| l.state == "Ready"), "{r:#?}");
+            assert!(r.iter().all(|l| l.state == ObjectState::Ready), "{r:#?}");
         }
         other => panic!("expected Ready, got {other:?}"),
     }
@@ -300,7 +300,7 @@ async fn first_boot_reaches_ready_and_reruns_send_no_mutating_request() {
         .await
         .unwrap();
     assert_eq!(kept.len(), 1);
-    assert_eq!(kept[0].state, "Kept");
+    assert_eq!(kept[0].state, ObjectState::Kept);
     assert!(kept[0].message.contains("owned by Git"), "{}", kept[0]);
 }
 
@@ -394,8 +394,8 @@ async fn a_real_conflict_is_reported_with_its_manager_and_never_forced() {
                 assert_eq!(failures.len(), 1, "{failures:#?}");
                 let f = &failures[0];
                 assert_eq!(
-                    (f.kind.as_str(), f.name.as_str(), f.state.as_str()),
-                    ("Service", "source-controller", "Conflict"),
+                    (f.kind.as_str(), f.name.as_str(), f.state),
+                    ("Service", "source-controller", ObjectState::Conflict),
                     "{f}"
                 );
                 assert!(
@@ -467,7 +467,7 @@ async fn a_crd_served_in_a_newer_version_is_left_alone() {
         .iter()
         .find(|r| r.name == "certificates.cert-manager.io")
         .unwrap();
-    assert_eq!(kept.state, "Kept", "{kept}");
+    assert_eq!(kept.state, ObjectState::Kept, "{kept}");
     assert!(kept.message.contains("v1.22.0"), "{kept}");
     let stored = e
         .server

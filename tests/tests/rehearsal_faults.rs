@@ -1,7 +1,9 @@
 //! The rehearsal under faults: the Kubernetes API server process down for a minute at boot, machined not ready to bootstrap
 //! for a while, Flux's own terminal failure, a changed SecureBoot state (PCR 7) and a corrupted
 //! sealed input. Each failure is named precisely in the status and nothing is created that
-//! should not be.
+//! should not be. A failure that a restart would repeat (a bad configuration, a permanent
+//! failure) is attempted once: the agent stays up and waits for its configuration to change,
+//! while Talos would restart an exited `untilSuccess` service every 5 s.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use bootstrap_agent::plan::StepId;
 use bootstrap_agent::status::{ErrorKind, Phase, StepState};
-use bootstrap_agent_tests::node::{Node, NodeOptions};
+use bootstrap_agent_tests::node::{Node, NodeOptions, TALOS_RESTART_INTERVAL};
 
 const RUN: Duration = Duration::from_secs(120);
 
@@ -79,10 +81,8 @@ async fn kustomization_terminal_failure_is_reported_with_fluxs_message() {
     node.enrol_and_seal();
     let message = "kustomize build failed: accumulating resources: accumulation err='accumulating resources from 'apps': missing Resource metadata'";
     node.controllers.fail_kustomization("BuildFailed", message);
-    let report = node.service_with(1).wait(RUN).await;
-    assert_eq!(report.last().unwrap().code, Some(3), "{}", report.log);
-    let status = node.status().unwrap();
-    assert_eq!(status.phase, Phase::Failed);
+    let (service, status) = node.service_until_failed(RUN).await;
+    service.stop().await;
     let err = status.last_error.clone().expect("last error");
     assert_eq!(err.step, StepId::Ready);
     assert_eq!(err.kind, ErrorKind::Permanent);
@@ -100,10 +100,8 @@ async fn pcr7_changed_is_a_precise_failure_and_nothing_is_created() {
     // Next boot with another SecureBoot state: PCR 7 measures differently.
     node.reboot();
     node.extend_pcr(7, "5b");
-    let report = node.service_with(1).wait(RUN).await;
-    assert_eq!(report.last().unwrap().code, Some(3), "{}", report.log);
-    let status = node.status().unwrap();
-    assert_eq!(status.phase, Phase::Failed);
+    let (service, status) = node.service_until_failed(RUN).await;
+    service.stop().await;
     let err = status.last_error.clone().unwrap();
     assert_eq!(err.step, StepId::Secrets);
     assert!(err.message.contains("PCR 7"), "{}", err.message);
@@ -137,9 +135,9 @@ async fn corrupted_sealed_input_is_a_precise_failure() {
         .collect();
     *body = flipped;
     node.write_config(Some(&lines.join("\n")));
-    let report = node.service_with(1).wait(RUN).await;
-    assert_eq!(report.last().unwrap().code, Some(3), "{}", report.log);
-    let err = node.status().unwrap().last_error.unwrap();
+    let (service, status) = node.service_until_failed(RUN).await;
+    service.stop().await;
+    let err = status.last_error.unwrap();
     assert_eq!(err.step, StepId::Secrets);
     assert!(
         err.message.contains("flux-system/sops-age"),
@@ -154,4 +152,95 @@ async fn corrupted_sealed_input_is_a_precise_failure() {
     let mutations = node.kube.agent_mutations().await;
     assert!(mutations.is_empty(), "{mutations:#?}");
     assert!(node.sops_age().await.is_none());
+}
+
+/// Long enough for Talos to have restarted an exited `untilSuccess` service once.
+const ONE_RESTART: Duration = Duration::from_secs(TALOS_RESTART_INTERVAL.as_secs() + 2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_configuration_is_attempted_once_then_again_when_it_changes() {
+    let node = Node::start(NodeOptions::default()).await;
+    let good = node.config_text(None);
+    node.write_config_text(&good.replace("lockPcr: 15", "lockPcr: 16"));
+    let (service, status) = node.service_until_failed(RUN).await;
+    assert_eq!(status.last_error.unwrap().kind, ErrorKind::Config);
+    tokio::time::sleep(ONE_RESTART).await;
+    assert!(service.exits().is_empty(), "{:?}", service.exits());
+    assert_eq!(node.status().unwrap().runs, 1, "one attempt");
+    let log = service.log();
+    assert_eq!(log.matches("tpm.lockPcr").count(), 1, "logged once:\n{log}");
+    assert!(
+        !log.contains("\u{1b}["),
+        "colour codes in a log that is not a terminal:\n{log}"
+    );
+    assert_eq!(node.talos.bootstrap_calls(), 0);
+
+    // The fixed configuration is picked up by the same process.
+    node.write_config_text(&good);
+    let recipient = node.wait_for_enrolment(RUN).await;
+    assert!(recipient.starts_with("age1"));
+    assert!(service.exits().is_empty(), "{:?}", service.exits());
+    assert_eq!(node.status().unwrap().runs, 2);
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_is_attempted_once_then_again_when_the_configuration_changes() {
+    let node = Node::start(NodeOptions::default()).await;
+    node.enrol_and_seal();
+    node.controllers.fail_kustomization(
+        "BuildFailed",
+        "kustomize build failed: missing Resource metadata",
+    );
+    let (service, status) = node.service_until_failed(RUN).await;
+    assert_eq!(status.last_error.unwrap().kind, ErrorKind::Permanent);
+    assert!(
+        status
+            .message
+            .contains("waiting for the configuration to change")
+    );
+    let bootstraps = node.talos.bootstrap_calls();
+    tokio::time::sleep(ONE_RESTART).await;
+    assert!(service.exits().is_empty(), "{:?}", service.exits());
+    assert_eq!(node.status().unwrap().runs, 1, "one attempt");
+    assert_eq!(node.talos.bootstrap_calls(), bootstraps, "no new run");
+
+    // Git is fixed; the operator touches the configuration (Talos would also restart the
+    // service on that change): the same process runs again and finishes.
+    node.controllers.succeed_kustomization();
+    let text = std::fs::read_to_string(node.config_path()).unwrap();
+    node.write_config_text(&format!("{text}# Git fixed\n"));
+    let report = service.wait(RUN).await;
+    assert_eq!(
+        report.exits.iter().map(|e| e.code).collect::<Vec<_>>(),
+        [Some(0)],
+        "{}",
+        report.log
+    );
+    let status = node.status().unwrap();
+    assert_eq!((status.phase, status.runs), (Phase::Ready, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_once_a_permanent_failure_still_exits_3() {
+    let node = Node::start(NodeOptions::default()).await;
+    node.enrol_and_seal();
+    node.controllers.fail_kustomization(
+        "BuildFailed",
+        "kustomize build failed: missing Resource metadata",
+    );
+    let config = node.config_path().display().to_string();
+    let out = std::process::Command::new(&node.agent)
+        .args(["run", "--once", "--config", &config])
+        .env_clear()
+        .envs(node.service_env())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(node.status().unwrap().phase, Phase::Failed);
 }

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use base64::Engine as _;
+use bootstrap_agent::error::Classify;
 use bootstrap_agent::talos::kubeconfig::ArchiveError;
 use bootstrap_agent::talos::proto::machine::machine_service_client::MachineServiceClient;
 use bootstrap_agent::talos::proto::machine::{BootstrapRequest, ReadRequest};
@@ -100,8 +101,8 @@ async fn worker_and_missing_etcd_are_permanent() {
     assert_eq!(err.code(), Some(Code::Unimplemented));
     assert!(!err.is_transient());
     assert!(
-        err.to_string().contains("not a control-plane node"),
-        "{err}"
+        err.hint().unwrap().contains("not a control-plane node"),
+        "{err:?}"
     );
     let err = node.kubeconfig().await.unwrap_err();
     assert_eq!(err.code(), Some(Code::Unimplemented));
@@ -121,7 +122,10 @@ async fn worker_and_missing_etcd_are_permanent() {
     let err = node.bootstrap().await.unwrap_err();
     assert_eq!(err.code(), Some(Code::InvalidArgument));
     assert!(!err.is_transient());
-    assert!(err.to_string().contains("etcd is not configured"), "{err}");
+    assert!(
+        err.hint().unwrap().contains("etcd is not configured"),
+        "{err:?}"
+    );
     assert!(!no_etcd.is_bootstrapped());
 }
 
@@ -316,7 +320,7 @@ async fn reader_certificate_cannot_read() {
     let err = op.read(STATUS_PATH).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
     assert!(!err.is_transient());
-    assert!(err.to_string().contains("os:admin"), "{err}");
+    assert!(err.hint().unwrap().contains("os:admin"), "{err:?}");
 }
 
 #[tokio::test]
@@ -331,7 +335,9 @@ async fn wrong_ca_is_a_clear_error() {
     let msg = err.to_string();
     assert!(msg.contains(&standin.endpoint()), "{msg}");
     assert!(
-        msg.contains("not signed by the talosconfig's `ca`"),
+        err.hint()
+            .unwrap()
+            .contains("not signed by the talosconfig's `ca`"),
         "{msg}"
     );
 }

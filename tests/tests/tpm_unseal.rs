@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use bootstrap_agent::error::Classify;
 use bootstrap_agent::seal::{
     self, SealError, SealedInput, TpmSettings, UnsealOutcome, UnsealedSecret,
 };
@@ -96,7 +97,7 @@ fn assert_no_leaked_handles(tpm: &Swtpm) {
 #[test]
 fn first_boot_waits_then_unseals_after_reboot_and_locks() {
     let tpm = swtpm();
-    let settings = TpmSettings::at(&tpm.address());
+    let settings = TpmSettings::at(&tpm.address()).unwrap();
     let (key, public) = keygen(tpm.scratch(), "key.txt");
 
     // First boot: not enrolled → enrolled, and a wait for the sealed input (not a failure).
@@ -152,7 +153,7 @@ fn first_boot_waits_then_unseals_after_reboot_and_locks() {
 #[test]
 fn enrolment_after_lock_binds_to_the_reset_value_of_the_lock_pcr() {
     let tpm = swtpm();
-    let settings = TpmSettings::at(&tpm.address());
+    let settings = TpmSettings::at(&tpm.address()).unwrap();
     seal::lock(&settings).expect("extend the lock PCR before enrolment");
     let recipient = seal::enroll(&settings).expect("enrol while locked");
     // Locked now, but not bound to the locked value: after a reboot the seed reads.
@@ -170,7 +171,7 @@ fn enrolment_after_lock_binds_to_the_reset_value_of_the_lock_pcr() {
 #[test]
 fn changed_pcr7_is_named_with_what_changes_it() {
     let tpm = swtpm();
-    let settings = TpmSettings::at(&tpm.address());
+    let settings = TpmSettings::at(&tpm.address()).unwrap();
     seal::enroll(&settings).expect("enroll");
     let out = tpm
         .tpm2(
@@ -194,7 +195,7 @@ fn changed_pcr7_is_named_with_what_changes_it() {
 #[test]
 fn bad_sealed_inputs_get_distinct_errors_naming_the_input() {
     let tpm = swtpm();
-    let settings = TpmSettings::at(&tpm.address());
+    let settings = TpmSettings::at(&tpm.address()).unwrap();
     let recipient = seal::enroll(&settings).expect("enroll");
     let dir = tpm.scratch();
     keygen(dir, "key.txt");
@@ -258,7 +259,7 @@ fn bad_sealed_inputs_get_distinct_errors_naming_the_input() {
 #[test]
 fn foreign_nv_index_is_refused_and_left_untouched() {
     let tpm = swtpm();
-    let settings = TpmSettings::at(&tpm.address());
+    let settings = TpmSettings::at(&tpm.address()).unwrap();
     let index = format!("0x{:08X}", seal::DEFAULT_NV_INDEX);
     let ok = |out: std::process::Output| {
         assert!(
@@ -314,8 +315,8 @@ fn foreign_nv_index_is_refused_and_left_untouched() {
 #[test]
 fn unix_socket_transport_works() {
     let tpm = Swtpm::start_unix().expect("start swtpm on a Unix socket");
-    let settings = TpmSettings::at(&tpm.address());
-    assert!(settings.address.starts_with("unix:///"));
+    let settings = TpmSettings::at(&tpm.address()).unwrap();
+    assert!(settings.address.to_string().starts_with("unix:///"));
     let r = seal::enroll(&settings).expect("enroll over a Unix socket");
     assert_eq!(seal::recipient(&settings).expect("recipient"), r);
 }
@@ -323,7 +324,7 @@ fn unix_socket_transport_works() {
 #[test]
 fn pinned_salt_key_name_is_enforced() {
     let tpm = swtpm();
-    let mut settings = TpmSettings::at(&tpm.address());
+    let mut settings = TpmSettings::at(&tpm.address()).unwrap();
     let mut t = bootstrap_agent::tpm::Tpm::new(
         bootstrap_agent::tpm::transport::open(&settings.address).expect("open"),
     );
@@ -346,18 +347,13 @@ fn pinned_salt_key_name_is_enforced() {
 
 #[test]
 fn missing_tpm_is_a_clear_transient_error() {
-    let settings = TpmSettings::at("/nonexistent/tpmrm0");
+    let settings = TpmSettings::at("/nonexistent/tpmrm0").unwrap();
     let e = seal::unseal(&settings, &[]).expect_err("no device");
     assert!(e.to_string().contains("/nonexistent/tpmrm0"), "{e}");
     assert!(e.is_transient());
     assert!(e.hint().is_some_and(|h| h.contains("TPM 2.0")));
-    let bad = TpmSettings::at("tpm0");
-    assert!(
-        seal::unseal(&bad, &[])
-            .expect_err("bad address")
-            .to_string()
-            .contains("tcp://")
-    );
+    let bad = TpmSettings::at("tpm0").expect_err("not an address");
+    assert!(bad.fix.contains("tcp://"), "{bad}");
 }
 
 /// Defines the agent's index with tpm2-tools, as an enrolment interrupted after NV_DefineSpace
@@ -410,7 +406,7 @@ fn define_like_ours(tpm: &Swtpm, pcr_values: &[u8]) {
 #[test]
 fn interrupted_enrolment_is_completed() {
     let tpm = swtpm();
-    let settings = TpmSettings::at(&tpm.address());
+    let settings = TpmSettings::at(&tpm.address()).unwrap();
     // Fresh swtpm: PCR 7 and 15 are zero.
     define_like_ours(&tpm, &[0u8; 64]);
     let recipient = seal::enroll(&settings).expect("complete the enrolment");
@@ -427,7 +423,7 @@ fn interrupted_enrolment_is_completed() {
 #[test]
 fn unwritten_index_with_another_policy_is_refused() {
     let tpm = swtpm();
-    let settings = TpmSettings::at(&tpm.address());
+    let settings = TpmSettings::at(&tpm.address()).unwrap();
     define_like_ours(&tpm, &[0x42u8; 64]);
     let e = seal::enroll(&settings).expect_err("another policy");
     assert!(

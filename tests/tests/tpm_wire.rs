@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use bootstrap_agent::error::Classify;
 use bootstrap_agent::seal::{self, SealError, TpmSettings};
 use bootstrap_agent::tpm::seed::{self, SeedLocation};
 use bootstrap_agent::tpm::transport::{self, Transport};
@@ -53,7 +54,7 @@ fn command_code(command: &[u8]) -> u32 {
 
 fn recording_tpm(swtpm: &Swtpm, tamper: Option<u32>) -> (Tpm, Log) {
     let log: Log = Arc::default();
-    let inner = transport::open(&swtpm.address()).expect("open swtpm");
+    let inner = transport::open(&swtpm.address().parse().unwrap()).expect("open swtpm");
     let tpm = Tpm::new(Box::new(Recording {
         inner,
         log: log.clone(),
@@ -125,7 +126,7 @@ fn seed_never_crosses_the_bus_in_clear() {
 #[test]
 fn tampered_response_hmac_is_rejected_and_nothing_leaks() {
     let swtpm = Swtpm::start().expect("start swtpm");
-    let settings = TpmSettings::at(&swtpm.address());
+    let settings = TpmSettings::at(&swtpm.address()).unwrap();
     seal::enroll(&settings).expect("enroll");
     let (mut tpm, _log) = recording_tpm(&swtpm, Some(CC_NV_READ));
     let e = seed::read(&mut tpm, &location()).expect_err("tampered NV_Read must fail");

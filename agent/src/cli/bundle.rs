@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use crate::bundle::{self, Bundle, BundleLock, FetchOptions};
+use crate::error::Classify;
+use crate::exit::Exit;
 
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {
@@ -32,75 +34,69 @@ pub enum BundleCommand {
     },
 }
 
-/// Runs a `bundle` subcommand; returns the exit code.
-pub fn main(command: &BundleCommand) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return crate::exit::TRANSIENT;
-        }
-    };
-    let result: Result<(), bundle::BundleError> = runtime.block_on(async {
-        match command {
-            BundleCommand::Refresh { lock, dry_run } => {
-                let current = BundleLock::load(lock)?;
-                let (updated, changes) =
-                    bundle::refresh_lock(&current, &FetchOptions::default()).await?;
-                for c in &changes {
-                    let old = if c.old_sha256.is_empty() {
-                        "(unpinned)"
-                    } else {
-                        &c.old_sha256
-                    };
-                    println!("{}: {old} -> {}", c.artifact, c.new_sha256);
+/// Runs a `bundle` subcommand.
+pub fn run(command: &BundleCommand) -> Exit {
+    super::block_on(0, async {
+        match execute(command).await {
+            Ok(()) => Exit::Success,
+            Err(e) => {
+                eprintln!("bootstrap-agent bundle: {e}");
+                // Anything but a network failure is wrong input: the lock, a pin, a file.
+                if e.is_transient() {
+                    Exit::Transient
+                } else {
+                    Exit::Config
                 }
-                if changes.is_empty() {
-                    println!("{}: every pin is current", lock.display());
-                } else if !dry_run {
-                    let text = updated.to_yaml()?;
-                    std::fs::write(lock, text).map_err(|source| bundle::BundleError::Read {
-                        path: lock.clone(),
-                        source,
-                    })?;
-                    println!("{}: {} pin(s) updated", lock.display(), changes.len());
-                }
-                Ok(())
-            }
-            BundleCommand::Fetch { lock, out } => {
-                let lock_doc = BundleLock::load(lock)?;
-                bundle::download_to_dir(&lock_doc, &FetchOptions::default(), out).await?;
-                println!(
-                    "{}: {} artifact(s) verified and written",
-                    out.display(),
-                    lock_doc.artifacts.len()
-                );
-                Ok(())
-            }
-            BundleCommand::Verify { dir } => {
-                let b = Bundle::load_dir(dir)?;
-                println!(
-                    "{}: {} CRD-set document(s), {} Flux document(s); every digest matches its pin",
-                    dir.display(),
-                    b.crds.len(),
-                    b.flux.len()
-                );
-                Ok(())
             }
         }
-    });
-    match result {
-        Ok(()) => crate::exit::SUCCESS,
-        Err(e) => {
-            eprintln!("bootstrap-agent bundle: {e}");
-            if e.is_transient() {
-                crate::exit::TRANSIENT
-            } else {
-                crate::exit::CONFIG
+    })
+}
+
+async fn execute(command: &BundleCommand) -> Result<(), bundle::BundleError> {
+    match command {
+        BundleCommand::Refresh { lock, dry_run } => {
+            let current = BundleLock::load(lock)?;
+            let (updated, changes) =
+                bundle::refresh_lock(&current, &FetchOptions::default()).await?;
+            for c in &changes {
+                let old = if c.old_sha256.is_empty() {
+                    "(unpinned)"
+                } else {
+                    &c.old_sha256
+                };
+                println!("{}: {old} -> {}", c.artifact, c.new_sha256);
             }
+            if changes.is_empty() {
+                println!("{}: every pin is current", lock.display());
+            } else if !dry_run {
+                let text = updated.to_yaml()?;
+                std::fs::write(lock, text).map_err(|source| bundle::BundleError::Read {
+                    path: lock.clone(),
+                    source,
+                })?;
+                println!("{}: {} pin(s) updated", lock.display(), changes.len());
+            }
+            Ok(())
+        }
+        BundleCommand::Fetch { lock, out } => {
+            let lock_doc = BundleLock::load(lock)?;
+            bundle::download_to_dir(&lock_doc, &FetchOptions::default(), out).await?;
+            println!(
+                "{}: {} artifact(s) verified and written",
+                out.display(),
+                lock_doc.artifacts.len()
+            );
+            Ok(())
+        }
+        BundleCommand::Verify { dir } => {
+            let b = Bundle::load_dir(dir)?;
+            println!(
+                "{}: {} CRD-set document(s), {} Flux document(s); every digest matches its pin",
+                dir.display(),
+                b.crds.len(),
+                b.flux.len()
+            );
+            Ok(())
         }
     }
 }

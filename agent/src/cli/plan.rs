@@ -1,32 +1,43 @@
 //! `bootstrap-agent plan`: offline validation and the ordered steps and objects of a run.
 
-use std::path::Path;
+use std::path::PathBuf;
+
+use clap::Args;
 
 use crate::config::Config;
-use crate::node::Node;
+use crate::exit::Exit;
 use crate::plan::Plan;
+use crate::preflight;
 
-/// Validates the configuration and what it references, prints the plan; returns the exit code.
-pub fn main(path: &Path) -> u8 {
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Configuration file.
+    #[arg(long, default_value = super::DEFAULT_CONFIG, env = "BOOTSTRAP_AGENT_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// Validates the configuration and what it references, prints the plan.
+pub fn run(args: &PlanArgs) -> Exit {
+    let path = &args.config;
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
-            return crate::exit::CONFIG;
+            return Exit::Config;
         }
     };
-    let mut problems: Vec<String> = config
-        .check_references()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let mut node = Node::new(config.clone());
-    problems.extend(node.check_offline());
-    let plan = Plan::new(&config, node.bundle_objects());
+    let checked = preflight::check(&config);
+    let objects = checked
+        .bundle
+        .as_ref()
+        .map(Plan::bundle_objects)
+        .unwrap_or_default();
+    let plan = Plan::new(&config, objects);
+    let problems = checked.problems;
     print!("{plan}");
     if problems.is_empty() {
         println!("Configuration {} is valid.", path.display());
-        crate::exit::SUCCESS
+        Exit::Success
     } else {
         eprintln!(
             "Configuration {} has {} problem(s):",
@@ -36,6 +47,6 @@ pub fn main(path: &Path) -> u8 {
         for p in &problems {
             eprintln!("  - {p}");
         }
-        crate::exit::CONFIG
+        Exit::Config
     }
 }

@@ -1,102 +1,162 @@
 //! `bootstrap-agent run`: the service entrypoint on the node.
+//!
+//! Talos runs the agent with `restart: untilSuccess`: every non-zero exit is followed by a new
+//! start 5 s later, forever (siderolabs/talos
+//! `internal/app/machined/pkg/system/runner/restart/restart.go`, `DefaultOptions` line 80 and
+//! `Run` lines 132-155, at ad88231). A configuration error or a permanent failure would fail the
+//! same way at every start, so `run` does not exit on them: it records the failure in the status
+//! file, logs it once, and waits for the configuration file to change, then runs again (on
+//! Talos, a changed `ExtensionServiceConfig` also restarts the service:
+//! `internal/app/machined/pkg/controllers/runtime/extension_service.go`, `handleRestart`, lines
+//! 202-226). A transient failure (a deadline passed) still exits 1, so that Talos starts it again.
+//! `--once` exits in every case, with the exit code of the outcome.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
 
-use crate::boot::{Machine, RunResult};
+use crate::boot::{RunResult, Sequence};
+use crate::bundle::Bundle;
 use crate::config::{Config, ConfigError, DEFAULT_STATUS, env};
-use crate::node::Node;
-use crate::plan::{Plan, StepId};
-use crate::status::{ErrorKind, ErrorRecord, Phase, Status, StatusFile, now};
+use crate::error::ErrorKind;
+use crate::exit::Exit;
+use crate::plan::Plan;
+use crate::preflight;
+use crate::status::{ErrorRecord, Phase, Status, StatusFile, now};
+use crate::steps::{Context, StepId};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Configuration file.
     #[arg(long, default_value = super::DEFAULT_CONFIG, env = "BOOTSTRAP_AGENT_CONFIG")]
     pub config: PathBuf,
-    /// Exit when the run waits for the operator instead of waiting for the configuration to
-    /// change.
+    /// Exit when the run waits for the operator or fails, with the exit code of the outcome,
+    /// instead of waiting for the configuration to change.
     #[arg(long)]
     pub once: bool,
 }
 
-/// How often a waiting agent looks at its configuration file for the sealed inputs.
+/// How often a waiting agent looks at its configuration file.
 const CONFIG_POLL: Duration = Duration::from_secs(5);
 
-/// Runs the boot sequence; returns the exit code.
-pub fn main(args: &RunArgs) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "cannot start the async runtime");
-            return crate::exit::TRANSIENT;
-        }
-    };
-    runtime.block_on(run(args))
+/// What waiting for a changed configuration says in the status.
+const WAITING_FOR_CHANGE: &str = "waiting for the configuration to change before running again";
+
+/// Runs the boot sequence.
+pub fn run(args: &RunArgs) -> Exit {
+    super::block_on(2, boot(args))
 }
 
-async fn run(args: &RunArgs) -> u8 {
+/// How one pass over the configuration ended.
+enum Pass {
+    Ready,
+    /// The operator has to seal an input.
+    Waiting,
+    /// The run failed; the status says why.
+    Failed(ErrorKind),
+    /// Stopped by a signal.
+    Stopped,
+}
+
+async fn boot(args: &RunArgs) -> Exit {
+    let mut stop = match Shutdown::listen() {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot listen for SIGTERM and SIGINT");
+            return Exit::Transient;
+        }
+    };
     loop {
         // Read once: the same bytes are validated and later compared to notice a change.
         let text = std::fs::read(&args.config);
-        let config = match load(&args.config, &text) {
-            Ok(c) => c,
+        let pass = match load(&args.config, &text) {
+            Ok((config, bundle)) => run_once(config, bundle, &mut stop).await,
             Err(e) => {
                 error!("{e}");
-                report_config_error(&e);
-                return crate::exit::CONFIG;
+                report_config_error(&e, args.once);
+                Pass::Failed(ErrorKind::Config)
             }
         };
-        let mut node = Node::new(config.clone());
-        let plan = Plan::new(&config, node.bundle_objects());
-        let file = StatusFile::new(&config.status);
-        let previous = match file.load() {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(error = %e, "previous status unreadable; starting afresh");
-                match file.set_aside() {
-                    Ok(aside) => {
-                        warn!(kept = %aside.display(), "unreadable status document kept aside")
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "could not keep the unreadable status document aside")
-                    }
-                }
-                None
+        let after = match pass {
+            Pass::Ready => return Exit::Success,
+            Pass::Stopped => return Exit::Transient,
+            Pass::Waiting if args.once => return Exit::Success,
+            Pass::Failed(kind) if args.once || kind == ErrorKind::Transient => {
+                return kind.into();
             }
-        };
-        let mut machine = Machine::new(&plan, node, file, previous, config.retry);
-        let result = tokio::select! {
-            r = machine.run() => r,
-            () = shutdown() => {
-                info!("stopped by signal");
-                return crate::exit::TRANSIENT;
-            }
-        };
-        match result {
-            RunResult::Ready => return crate::exit::SUCCESS,
-            RunResult::Failed(kind) => return RunResult::Failed(kind).exit_code(),
-            RunResult::Waiting if args.once => return crate::exit::SUCCESS,
-            RunResult::Waiting => {
+            Pass::Waiting => {
                 info!(config = %args.config.display(), "waiting for the configuration to change (Talos restarts the service when it does)");
-                tokio::select! {
-                    () = changed(&args.config, text.ok()) => info!("configuration changed; running again"),
-                    () = shutdown() => return crate::exit::SUCCESS,
-                }
+                Exit::Success
             }
+            Pass::Failed(kind) => {
+                warn!(config = %args.config.display(), "not exiting: a restart would fail the same way; waiting for the configuration to change (Talos restarts the service when it does)");
+                kind.into()
+            }
+        };
+        tokio::select! {
+            () = changed(&args.config, text.ok()) => info!("configuration changed; running again"),
+            () = stop.recv() => return after,
         }
     }
 }
 
-/// Validates the configuration read from `path` and what it references.
-fn load(path: &Path, read: &std::io::Result<Vec<u8>>) -> Result<Config, ConfigError> {
+/// One run of the boot sequence over a loaded configuration.
+async fn run_once(config: Config, bundle: Option<Bundle>, stop: &mut Shutdown) -> Pass {
+    let objects = bundle
+        .as_ref()
+        .map(Plan::bundle_objects)
+        .unwrap_or_default();
+    let plan = Plan::new(&config, objects);
+    let context = Context::new(config.steps.clone(), bundle);
+    let file = StatusFile::new(&config.status);
+    let previous = match file.load() {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "previous status unreadable; starting afresh");
+            match file.set_aside() {
+                Ok(aside) => {
+                    warn!(kept = %aside.display(), "unreadable status document kept aside")
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not keep the unreadable status document aside")
+                }
+            }
+            None
+        }
+    };
+    let mut sequence = Sequence::new(&plan, context, file.clone(), previous, config.retry);
+    let result = tokio::select! {
+        r = sequence.run() => r,
+        () = stop.recv() => {
+            info!("stopped by signal");
+            return Pass::Stopped;
+        }
+    };
+    match result {
+        RunResult::Ready => Pass::Ready,
+        RunResult::Waiting => Pass::Waiting,
+        RunResult::Failed(kind) => {
+            if kind != ErrorKind::Transient {
+                let (_, mut status) = sequence.into_parts();
+                status.message = format!("{}; {WAITING_FOR_CHANGE}", status.message);
+                if let Err(e) = file.write(&mut status) {
+                    warn!(error = %e, "status file not written");
+                }
+            }
+            Pass::Failed(kind)
+        }
+    }
+}
+
+/// Validates the configuration read from `path` and runs the same offline checks as `plan`;
+/// returns it with the embedded bundle they read.
+fn load(
+    path: &Path,
+    read: &std::io::Result<Vec<u8>>,
+) -> Result<(Config, Option<Bundle>), ConfigError> {
     let read_error = |source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -107,19 +167,19 @@ fn load(path: &Path, read: &std::io::Result<Vec<u8>>) -> Result<Config, ConfigEr
     let text = std::str::from_utf8(bytes)
         .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     let config = Config::parse(text, path, &|name| std::env::var(name).ok())?;
-    let problems = config.check_references();
-    if problems.is_empty() {
-        Ok(config)
+    let checked = preflight::check(&config);
+    if checked.problems.is_empty() {
+        Ok((config, checked.bundle))
     } else {
         Err(ConfigError::Invalid {
             path: path.to_path_buf(),
-            problems,
+            problems: checked.problems,
         })
     }
 }
 
 /// Puts a configuration error in the status file too, so that `bootstrap-agent status` shows it.
-fn report_config_error(e: &ConfigError) {
+fn report_config_error(e: &ConfigError, once: bool) {
     let path = std::env::var(env::STATUS).unwrap_or_else(|_| DEFAULT_STATUS.to_string());
     let file = StatusFile::new(path);
     let mut status = Status::new(&StepId::ALL);
@@ -127,7 +187,11 @@ fn report_config_error(e: &ConfigError) {
         status.runs = prev.runs.saturating_add(1);
     }
     status.phase = Phase::Failed;
-    status.message = "the configuration is not valid".into();
+    status.message = if once {
+        "the configuration is not valid".into()
+    } else {
+        format!("the configuration is not valid; {WAITING_FOR_CHANGE}")
+    };
     status.last_error = Some(ErrorRecord {
         step: StepId::TalosApi,
         kind: ErrorKind::Config,
@@ -140,6 +204,7 @@ fn report_config_error(e: &ConfigError) {
     }
 }
 
+/// Returns once the file at `path` reads differently from `before` (polled, [`CONFIG_POLL`]).
 async fn changed(path: &Path, before: Option<Vec<u8>>) {
     loop {
         tokio::time::sleep(CONFIG_POLL).await;
@@ -149,18 +214,25 @@ async fn changed(path: &Path, before: Option<Vec<u8>>) {
     }
 }
 
-async fn shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+/// SIGTERM (Talos stopping the service) and SIGINT, listened for once for the whole process so
+/// that a signal between two waits is not missed.
+struct Shutdown {
+    term: Signal,
+    int: Signal,
+}
+
+impl Shutdown {
+    fn listen() -> std::io::Result<Shutdown> {
+        Ok(Shutdown {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-        _ => std::future::pending().await,
     }
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::config::DEFAULT_STATUS;
 use crate::duration::parse_duration;
+use crate::error::Classify;
+use crate::exit::Exit;
 use crate::status::{Phase, Status};
 use crate::talos::{OperatorClient, TalosConfigOptions, TalosConfigSelection, TalosError};
 
@@ -36,7 +37,7 @@ pub struct StatusArgs {
     #[arg(long, default_value = "2s", value_parser = parse_interval)]
     pub interval: Duration,
     /// Path of the status file on the node.
-    #[arg(long, default_value = DEFAULT_STATUS)]
+    #[arg(long, default_value = crate::status::DEFAULT_PATH)]
     pub path: String,
     /// Read a local status file instead of going through the Talos API (on the node itself, or
     /// a copy from `talosctl read`).
@@ -102,32 +103,30 @@ impl Source {
     }
 }
 
-/// Runs the command; returns the exit code: 0 when read (ready, running or waiting), 3 when the
-/// agent reports a failure, 1 when the status cannot be read.
-pub fn main(args: &StatusArgs) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return crate::exit::TRANSIENT;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("bootstrap-agent status: {e}");
-            match e {
-                StatusCommandError::TalosConfig(_) => crate::exit::CONFIG,
-                _ => crate::exit::TRANSIENT,
+/// Reads and renders the status: [`Exit::Success`] when read (ready, running or waiting),
+/// [`Exit::Permanent`] when the agent reports a failure, [`Exit::Transient`] when the status
+/// cannot be read, [`Exit::Config`] when the talosconfig is unusable.
+pub fn run(args: &StatusArgs) -> Exit {
+    super::block_on(0, async {
+        match read(args).await {
+            Ok(exit) => exit,
+            Err(e) => {
+                eprintln!("bootstrap-agent status: {e}");
+                if let StatusCommandError::Talos(t) = &e
+                    && let Some(hint) = t.hint()
+                {
+                    eprintln!("hint: {hint}");
+                }
+                match e {
+                    StatusCommandError::TalosConfig(_) => Exit::Config,
+                    _ => Exit::Transient,
+                }
             }
         }
-    }
+    })
 }
 
-async fn run(args: &StatusArgs) -> Result<u8, StatusCommandError> {
+async fn read(args: &StatusArgs) -> Result<Exit, StatusCommandError> {
     let mut source = match &args.file {
         Some(path) => Source::Local(path.clone()),
         None => {
@@ -162,9 +161,9 @@ async fn run(args: &StatusArgs) -> Result<u8, StatusCommandError> {
         let settled = matches!(status.phase, Phase::Ready | Phase::Failed | Phase::Waiting);
         if !args.watch || settled {
             return Ok(if status.phase == Phase::Failed {
-                crate::exit::PERMANENT
+                Exit::Permanent
             } else {
-                crate::exit::SUCCESS
+                Exit::Success
             });
         }
         tokio::time::sleep(args.interval).await;

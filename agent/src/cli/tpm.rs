@@ -2,25 +2,23 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use crate::exit;
-use crate::seal::{self, SealError, SealedInput, TpmSettings};
-use crate::tpm::seed::SeedError;
+use crate::error::Classify;
+use crate::exit::Exit;
+use crate::seal::{self, PcrField, PcrPolicy, SealError, SealedInput, TpmSettings};
+use crate::tpm::transport::{self, Address};
 
 use clap::{Args, Subcommand};
 
-/// Default TPM address: the kernel's resource manager.
-pub use crate::config::DEFAULT_TPM_DEVICE as DEFAULT_TPM;
-
-/// Where the TPM is and how the seed is guarded (must match the agent's configuration).
+/// Where the TPM is and how the seed is guarded (must match the agent's configuration): the
+/// options that make a [`TpmSettings`], checked by the same types as the configuration.
 #[derive(Debug, Clone, Args)]
 pub struct TpmArgs {
     /// TPM address: a device path, tcp://HOST:PORT or unix:///PATH.
-    #[arg(long, default_value = DEFAULT_TPM)]
-    pub tpm: String,
+    #[arg(long, default_value = transport::DEFAULT_DEVICE)]
+    pub tpm: Address,
     /// NV index of the seed (hex).
-    #[arg(long, default_value = "0x01305EED", value_parser = parse_hex_u32)]
+    #[arg(long, default_value = "0x01305EED", value_parser = parse_nv_index)]
     pub nv_index: u32,
     /// Policy PCRs of the SHA-256 bank, comma-separated.
     #[arg(long, default_value = "7", value_delimiter = ',')]
@@ -29,25 +27,40 @@ pub struct TpmArgs {
     #[arg(long, default_value_t = seal::DEFAULT_LOCK_PCR)]
     pub lock_pcr: u32,
     /// Pinned salt key name (hex, as printed by `tpm enroll`).
-    #[arg(long)]
+    #[arg(long, value_parser = seal::salt_key_name)]
     pub salt_key_name: Option<String>,
 }
 
 impl TpmArgs {
-    pub fn settings(&self) -> TpmSettings {
-        TpmSettings {
+    /// The settings, or what is wrong with the PCR options.
+    pub fn settings(&self) -> Result<TpmSettings, String> {
+        let policy = PcrPolicy::new(self.pcrs.clone(), self.lock_pcr).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|(about, invalid)| {
+                    let option = match about {
+                        PcrField::Pcrs => "--pcrs",
+                        PcrField::LockPcr => "--lock-pcr",
+                    };
+                    format!("{option}: {invalid}")
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        Ok(TpmSettings {
             address: self.tpm.clone(),
-            pcrs: self.pcrs.clone(),
-            lock_pcr: self.lock_pcr,
+            policy,
             nv_index: self.nv_index,
             salt_key_name: self.salt_key_name.clone(),
-        }
+        })
     }
 }
 
-fn parse_hex_u32(s: &str) -> Result<u32, String> {
+fn parse_nv_index(s: &str) -> Result<u32, String> {
     let digits = s.trim_start_matches("0x").trim_start_matches("0X");
-    u32::from_str_radix(digits, 16).map_err(|e| format!("{s:?} is not a hex number: {e}"))
+    let value =
+        u64::from_str_radix(digits, 16).map_err(|e| format!("{s:?} is not a hex number: {e}"))?;
+    seal::nv_index(value).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,33 +86,26 @@ pub enum TpmCommand {
 }
 
 /// Runs a `tpm` subcommand, writing to the process's stdout/stderr.
-pub fn run(command: &TpmCommand) -> ExitCode {
+pub fn run(command: &TpmCommand) -> Exit {
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
-    ExitCode::from(run_with(command, &mut out, &mut err))
+    run_with(command, &mut out, &mut err)
 }
 
 /// Runs a `tpm` subcommand: results on `out` (only public values), diagnostics on `err`.
-/// Returns the exit code (see [`crate::exit`]).
-pub fn run_with(command: &TpmCommand, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+pub fn run_with(command: &TpmCommand, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
     match execute(command, out, err) {
-        Ok(()) => exit::SUCCESS,
+        Ok(()) => Exit::Success,
         Err(Failure::Seal(e)) => {
             let _ = writeln!(err, "error: {e}");
             if let Some(h) = e.hint() {
                 let _ = writeln!(err, "hint: {h}");
             }
-            if e.is_transient() {
-                exit::TRANSIENT
-            } else if matches!(e, SealError::Seed(SeedError::Settings(_))) {
-                exit::CONFIG
-            } else {
-                exit::PERMANENT
-            }
+            e.kind().into()
         }
         Err(Failure::Input(msg)) => {
             let _ = writeln!(err, "error: {msg}");
-            exit::CONFIG
+            Exit::Config
         }
     }
 }
@@ -118,7 +124,7 @@ impl From<SealError> for Failure {
 fn execute(command: &TpmCommand, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Failure> {
     match command {
         TpmCommand::Enroll { tpm } => {
-            let settings = tpm.settings();
+            let settings = tpm.settings().map_err(Failure::Input)?;
             let mut t = open(&settings)?;
             let enrolled = seal::enroll_on(&mut t, &settings)?;
             let _ = writeln!(out, "{}", enrolled.recipient);
@@ -139,7 +145,7 @@ fn execute(command: &TpmCommand, out: &mut dyn Write, err: &mut dyn Write) -> Re
             Ok(())
         }
         TpmCommand::Recipient { tpm } => {
-            let settings = tpm.settings();
+            let settings = tpm.settings().map_err(Failure::Input)?;
             let mut t = open(&settings)?;
             let id = seal::identity_on(&mut t, &settings)?;
             let _ = writeln!(out, "{}", id.recipient());
@@ -149,7 +155,7 @@ fn execute(command: &TpmCommand, out: &mut dyn Write, err: &mut dyn Write) -> Re
             let armor = std::fs::read_to_string(sealed).map_err(|e| {
                 Failure::Input(format!("cannot read sealed file {}: {e}", sealed.display()))
             })?;
-            let settings = tpm.settings();
+            let settings = tpm.settings().map_err(Failure::Input)?;
             let mut t = open(&settings)?;
             let id = seal::identity_on(&mut t, &settings)?;
             let input = SealedInput {

@@ -15,7 +15,7 @@ use super::resources::{Mapping, Registry};
 use super::retry::retry;
 use super::{
     Cluster, DIGEST_ANNOTATION, FIELD_MANAGER, KubeError, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
-    ObjectReport,
+    ObjectReport, ObjectState,
 };
 use crate::bundle::{Bundle, Manifest};
 
@@ -44,7 +44,7 @@ struct Planned<'o> {
 }
 
 impl Planned<'_> {
-    fn report(&self, state: &str, message: impl Into<String>) -> ObjectReport {
+    fn report(&self, state: ObjectState, message: impl Into<String>) -> ObjectReport {
         ObjectReport::new(
             &self.object.kind,
             self.namespace.as_deref().unwrap_or_default(),
@@ -52,6 +52,10 @@ impl Planned<'_> {
             state,
             message,
         )
+    }
+    /// `Kind namespace/name`, for messages.
+    fn object(&self) -> String {
+        self.report(ObjectState::Unchanged, "").object()
     }
     fn api(&self, client: &kube::Client) -> Api<DynamicObject> {
         match &self.namespace {
@@ -223,7 +227,7 @@ impl<'a> Applier<'a> {
         .await;
         let failures: Vec<&(ObjectReport, bool)> = results
             .iter()
-            .filter(|(r, _)| r.state == "Conflict" || r.state == "Failed")
+            .filter(|(r, _)| r.state.is_apply_failure())
             .collect();
         if failures.is_empty() {
             Ok(results.into_iter().map(|(r, _)| r).collect())
@@ -247,7 +251,7 @@ impl<'a> Applier<'a> {
         if let Some(live) = live {
             let annotations = live.metadata.annotations.as_ref();
             if annotations.and_then(|a| a.get(DIGEST_ANNOTATION)) == Some(&want) {
-                return (p.report("Unchanged", ""), false);
+                return (p.report(ObjectState::Unchanged, ""), false);
             }
             if p.object.is_crd() {
                 let live_v = version_of(live.metadata.labels.as_ref(), annotations);
@@ -258,11 +262,11 @@ impl<'a> Applier<'a> {
                 ) {
                     let lv_s = live_v.clone().unwrap_or_default();
                     if lv > ov {
-                        return (p.report("Kept", format!("the cluster has {lv_s}, newer than the bundle's {}; left to its owner", ours.unwrap_or_default())), false);
+                        return (p.report(ObjectState::Kept, format!("the cluster has {lv_s}, newer than the bundle's {}; left to its owner", ours.unwrap_or_default())), false);
                     }
                     if lv == ov {
                         return (
-                            p.report("Unchanged", format!("{lv_s} already installed")),
+                            p.report(ObjectState::Unchanged, format!("{lv_s} already installed")),
                             false,
                         );
                     }
@@ -282,7 +286,7 @@ impl<'a> Applier<'a> {
                     .and_then(|ls| ls.get(MANAGED_BY_LABEL))
                     .is_some_and(|v| v == MANAGED_BY_VALUE)
             });
-        let context = format!("apply {}", p.report("", "").object());
+        let context = format!("apply {}", p.object());
         let request = kube::core::Request::new(api.resource_url()).patch(
             &p.name,
             &params,
@@ -305,12 +309,12 @@ impl<'a> Applier<'a> {
                 .await
             }
             Err(e) => Err(KubeError::Invalid {
-                object: p.report("", "").object(),
+                object: p.object(),
                 message: e.to_string(),
             }),
         };
         match result {
-            Ok(()) if live.is_some() => (p.report("Configured", ""), false),
+            Ok(()) if live.is_some() => (p.report(ObjectState::Configured, ""), false),
             Ok(()) => {
                 if p.object.kind == "Namespace"
                     && p.object.api_version == "v1"
@@ -318,14 +322,14 @@ impl<'a> Applier<'a> {
                 {
                     c.insert(p.name.clone());
                 }
-                (p.report("Created", ""), false)
+                (p.report(ObjectState::Created, ""), false)
             }
             Err(e) => match conflict_message(&e) {
-                Some(m) => (p.report("Conflict", m), false),
+                Some(m) => (p.report(ObjectState::Conflict, m), false),
                 None => {
-                    tracing::warn!(object = %p.report("", "").object(), error = %e, "apply failed");
+                    tracing::warn!(object = %p.object(), error = %e, "apply failed");
                     let transient = e.is_transient();
-                    (p.report("Failed", e.to_string()), transient)
+                    (p.report(ObjectState::Failed, e.to_string()), transient)
                 }
             },
         }

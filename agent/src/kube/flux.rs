@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::resources::Registry;
 use super::retry::retry;
-use super::{Cluster, KubeError, ObjectReport};
+use super::{Cluster, KubeError, ObjectReport, ObjectState};
 
 pub const NAMESPACE: &str = "flux-system";
 pub const NAME: &str = "flux-system";
@@ -196,7 +196,7 @@ const TERMINAL_KUSTOMIZATION_REASONS: &[&str] = &[
 fn judge_flux(kind: &str, o: &DynamicObject, branch: &str) -> ObjectReport {
     let ns = o.metadata.namespace.clone().unwrap_or_default();
     let name = o.metadata.name.clone().unwrap_or_default();
-    let r = |state: &str, msg: String| ObjectReport::new(kind, &ns, &name, state, msg);
+    let r = |state: ObjectState, msg: String| ObjectReport::new(kind, &ns, &name, state, msg);
     let ready = condition(&o.data, "Ready");
     let msg = ready
         .and_then(|c| c["message"].as_str())
@@ -207,11 +207,11 @@ fn judge_flux(kind: &str, o: &DynamicObject, branch: &str) -> ObjectReport {
             .and_then(|c| c["message"].as_str())
             .unwrap_or(&msg)
             .to_string();
-        return r("Failed", m);
+        return r(ObjectState::Failed, m);
     }
     if !generation_observed(o) {
         return r(
-            "Progressing",
+            ObjectState::Progressing,
             "waiting for the controller to observe the latest generation".into(),
         );
     }
@@ -227,25 +227,25 @@ fn judge_flux(kind: &str, o: &DynamicObject, branch: &str) -> ObjectReport {
                 && !revision.starts_with("refs/heads/")
             {
                 return r(
-                    "Progressing",
+                    ObjectState::Progressing,
                     format!("artifact revision {revision:?} is not from branch {branch} yet"),
                 );
             }
             if revision.is_empty() {
-                return r("Progressing", "no revision yet".into());
+                return r(ObjectState::Progressing, "no revision yet".into());
             }
-            r("Ready", format!("revision {revision}"))
+            r(ObjectState::Ready, format!("revision {revision}"))
         }
         Some("False") => {
             let reason = ready.and_then(|c| c["reason"].as_str()).unwrap_or_default();
             if kind == "Kustomization" && TERMINAL_KUSTOMIZATION_REASONS.contains(&reason) {
-                r("Failed", format!("{reason}: {msg}"))
+                r(ObjectState::Failed, format!("{reason}: {msg}"))
             } else {
-                r("Progressing", format!("{reason}: {msg}"))
+                r(ObjectState::Progressing, format!("{reason}: {msg}"))
             }
         }
         _ => r(
-            "Progressing",
+            ObjectState::Progressing,
             if msg.is_empty() {
                 "not reconciled yet".into()
             } else {
@@ -259,18 +259,19 @@ fn judge_flux(kind: &str, o: &DynamicObject, branch: &str) -> ObjectReport {
 fn judge_deployment(o: &DynamicObject) -> ObjectReport {
     let ns = o.metadata.namespace.clone().unwrap_or_default();
     let name = o.metadata.name.clone().unwrap_or_default();
-    let r = |state: &str, msg: String| ObjectReport::new("Deployment", &ns, &name, state, msg);
+    let r =
+        |state: ObjectState, msg: String| ObjectReport::new("Deployment", &ns, &name, state, msg);
     let s = &o.data["status"];
     if condition(&o.data, "Progressing").is_some_and(|c| c["reason"] == "ProgressDeadlineExceeded")
     {
         let m = condition(&o.data, "Progressing")
             .and_then(|c| c["message"].as_str())
             .unwrap_or_default();
-        return r("Failed", m.to_string());
+        return r(ObjectState::Failed, m.to_string());
     }
     if !generation_observed(o) {
         return r(
-            "Progressing",
+            ObjectState::Progressing,
             "waiting for the controller to observe the latest generation".into(),
         );
     }
@@ -280,26 +281,26 @@ fn judge_deployment(o: &DynamicObject) -> ObjectReport {
     let total = s["replicas"].as_i64().unwrap_or(0);
     if updated < want {
         return r(
-            "Progressing",
+            ObjectState::Progressing,
             format!("{updated} of {want} replicas updated"),
         );
     }
     if total > updated {
         return r(
-            "Progressing",
+            ObjectState::Progressing,
             format!("{} old replicas pending termination", total - updated),
         );
     }
     if available < updated {
         return r(
-            "Progressing",
+            ObjectState::Progressing,
             format!("{available} of {updated} updated replicas available"),
         );
     }
     if !condition(&o.data, "Available").is_some_and(|c| c["status"] == "True") {
-        return r("Progressing", "not Available yet".into());
+        return r(ObjectState::Progressing, "not Available yet".into());
     }
-    r("Ready", format!("{available}/{want} available"))
+    r(ObjectState::Ready, format!("{available}/{want} available"))
 }
 
 pub(crate) async fn check_ready(
@@ -327,7 +328,7 @@ pub(crate) async fn check_ready(
                 kind,
                 &sync.namespace,
                 &sync.name,
-                "Progressing",
+                ObjectState::Progressing,
                 "not found yet",
             )),
         }
@@ -346,19 +347,19 @@ pub(crate) async fn check_ready(
             "Deployment",
             &sync.namespace,
             "*",
-            "Progressing",
+            ObjectState::Progressing,
             "no Flux controllers yet",
         ));
     }
     reports.extend(list.items.iter().map(judge_deployment));
-    if let Some(f) = reports.iter().find(|r| r.state == "Failed") {
+    if let Some(f) = reports.iter().find(|r| r.state == ObjectState::Failed) {
         return Ok(Readiness::Failed {
             object: f.object(),
             message: f.message.clone(),
             reports: reports.clone(),
         });
     }
-    if reports.iter().all(|r| r.state == "Ready") {
+    if reports.iter().all(|r| r.state == ObjectState::Ready) {
         Ok(Readiness::Ready(reports))
     } else {
         Ok(Readiness::Progressing(reports))
@@ -409,18 +410,18 @@ mod tests {
             "artifact": {"revision": "main@sha1:abc"}});
         assert_eq!(
             judge_flux("GitRepository", &base(ready.clone(), 2), "main").state,
-            "Ready"
+            ObjectState::Ready
         );
         // An old generation is not ready yet, whatever its conditions say.
         assert_eq!(
             judge_flux("GitRepository", &base(ready, 3), "main").state,
-            "Progressing"
+            ObjectState::Progressing
         );
         // Another branch's artifact is not the one asked for.
         let other = json!({"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}], "artifact": {"revision": "dev@sha1:abc"}});
         assert_eq!(
             judge_flux("GitRepository", &base(other, 1), "main").state,
-            "Progressing"
+            ObjectState::Progressing
         );
         // Stalled is terminal, with Flux's message.
         let stalled = json!({"observedGeneration": 1, "conditions": [
@@ -434,7 +435,7 @@ mod tests {
         // A Git error that may pass is a wait that shows the cause.
         let git = json!({"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "False", "reason": "GitOperationFailed", "message": "dial tcp: lookup github.com: no such host"}]});
         let r = judge_flux("GitRepository", &base(git, 1), "main");
-        assert_eq!(r.state, "Progressing");
+        assert_eq!(r.state, ObjectState::Progressing);
         assert!(r.message.contains("no such host"));
     }
 
@@ -446,11 +447,11 @@ mod tests {
                 "spec": {"replicas": 1}, "status": status}))
         };
         let available = json!({"type": "Available", "status": "True"});
-        assert_eq!(judge_deployment(&d(json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1, "conditions": [available]}))).state, "Ready");
-        assert_eq!(judge_deployment(&d(json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 1, "conditions": [available]}))).state, "Progressing");
+        assert_eq!(judge_deployment(&d(json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1, "conditions": [available]}))).state, ObjectState::Ready);
+        assert_eq!(judge_deployment(&d(json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 1, "conditions": [available]}))).state, ObjectState::Progressing);
         assert_eq!(
             judge_deployment(&d(json!({"observedGeneration": 0}))).state,
-            "Progressing"
+            ObjectState::Progressing
         );
         let stuck = json!({"observedGeneration": 1, "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet has timed out progressing."}]});
         let r = judge_deployment(&d(stuck));

@@ -11,11 +11,13 @@
 mod apply;
 mod established;
 mod flux;
+pub mod names;
+mod report;
 mod resources;
 mod retry;
 mod secrets;
+pub mod source;
 
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,8 +25,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::time::Instant;
 
 use crate::bundle::{Bundle, BundleError, Manifest};
+use crate::error::{Classify, ErrorKind, chain, transient_if};
 
-pub use flux::{FluxSync, Readiness};
+pub use flux::{FluxSync, NAMESPACE as FLUX_NAMESPACE, Readiness};
+pub use report::{ObjectReport, ObjectState};
 pub use secrets::{SecretOutcome, SecretReport, SecretSpec};
 
 /// The field manager of every write.
@@ -34,54 +38,6 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "bootstrap-agent";
 /// Annotation holding the sha256 of the object as the agent last applied it.
 pub const DIGEST_ANNOTATION: &str = "bootstrap-agent.io/applied-digest";
-
-/// One line of the status file: what happened to one object.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ObjectReport {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    /// Apply: Created, Configured, Unchanged, Kept (newer or owned elsewhere), Conflict, Failed.
-    /// Readiness: Ready, Progressing, Failed. Secrets: Created, Unchanged, Differs, Replaced.
-    pub state: String,
-    pub message: String,
-}
-
-impl ObjectReport {
-    pub fn new(
-        kind: &str,
-        namespace: &str,
-        name: &str,
-        state: &str,
-        message: impl Into<String>,
-    ) -> Self {
-        ObjectReport {
-            kind: kind.into(),
-            namespace: namespace.into(),
-            name: name.into(),
-            state: state.into(),
-            message: message.into(),
-        }
-    }
-    /// `Kind namespace/name` or `Kind name`.
-    pub fn object(&self) -> String {
-        if self.namespace.is_empty() {
-            format!("{} {}", self.kind, self.name)
-        } else {
-            format!("{} {}/{}", self.kind, self.namespace, self.name)
-        }
-    }
-}
-
-impl fmt::Display for ObjectReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.object(), self.state)?;
-        if !self.message.is_empty() {
-            write!(f, " ({})", self.message)?;
-        }
-        Ok(())
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -94,8 +50,12 @@ pub enum KubeError {
         reason: String,
         message: String,
     },
-    #[error("{context}: cannot talk to the API server: {message}")]
-    Transport { context: String, message: String },
+    #[error("{context}: cannot talk to the API server: {}", chain(source))]
+    Transport {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("{context}: {message}")]
     Other { context: String, message: String },
     #[error(
@@ -121,9 +81,23 @@ pub enum KubeError {
     Bundle(#[from] BundleError),
 }
 
+impl Classify for KubeError {
+    fn kind(&self) -> ErrorKind {
+        transient_if(KubeError::is_transient(self))
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            KubeError::Bundle(b) => b.hint(),
+            _ => None,
+        }
+    }
+}
+
 impl KubeError {
     /// Worth retrying: server errors (5xx, 429), connection failures, and deadlines that may
-    /// pass on a later attempt. Conflicts, refusals and invalid objects are not.
+    /// pass on a later attempt. Conflicts, refusals and invalid objects are not. (The
+    /// [`Classify`] answer; kept as a method of its own for the request retry helper.)
     pub fn is_transient(&self) -> bool {
         match self {
             KubeError::Api { code, .. } => *code >= 500 || *code == 429,
@@ -147,11 +121,11 @@ impl KubeError {
             | kube::Error::ReadEvents(_)
             | kube::Error::HttpError(_) => KubeError::Transport {
                 context: context.into(),
-                message: error_chain(&e),
+                source: e,
             },
             other => KubeError::Other {
                 context: context.into(),
-                message: error_chain(&other),
+                message: chain(&other),
             },
         }
     }
@@ -162,20 +136,6 @@ impl KubeError {
             _ => None,
         }
     }
-}
-
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let cs = c.to_string();
-        if !s.contains(&cs) {
-            s.push_str(": ");
-            s.push_str(&cs);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Tunables of a [`Cluster`].
@@ -215,15 +175,14 @@ pub struct Cluster {
 impl Cluster {
     /// Connects with an in-memory kubeconfig (as Talos returns it); nothing is written to disk.
     pub async fn connect(kubeconfig_yaml: &str) -> Result<Cluster, KubeError> {
-        let kc = Kubeconfig::from_yaml(kubeconfig_yaml)
-            .map_err(|e| KubeError::Kubeconfig(error_chain(&e)))?;
+        let kc =
+            Kubeconfig::from_yaml(kubeconfig_yaml).map_err(|e| KubeError::Kubeconfig(chain(&e)))?;
         Cluster::from_kubeconfig(kc).await
     }
 
     pub async fn connect_path(path: &Path) -> Result<Cluster, KubeError> {
-        let kc = Kubeconfig::read_from(path).map_err(|e| {
-            KubeError::Kubeconfig(format!("{}: {}", path.display(), error_chain(&e)))
-        })?;
+        let kc = Kubeconfig::read_from(path)
+            .map_err(|e| KubeError::Kubeconfig(format!("{}: {}", path.display(), chain(&e))))?;
         Cluster::from_kubeconfig(kc).await
     }
 
@@ -232,7 +191,7 @@ impl Cluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
-            .map_err(|e| KubeError::Kubeconfig(error_chain(&e)))?;
+            .map_err(|e| KubeError::Kubeconfig(chain(&e)))?;
         config.connect_timeout = Some(Duration::from_secs(10));
         config.read_timeout = Some(Duration::from_secs(60));
         config.write_timeout = Some(Duration::from_secs(60));
@@ -242,7 +201,7 @@ impl Cluster {
         // belong to `retry` (per request, capped) and the boot machine (per step, in status).
         config.default_retry = false;
         let client =
-            kube::Client::try_from(config).map_err(|e| KubeError::Kubeconfig(error_chain(&e)))?;
+            kube::Client::try_from(config).map_err(|e| KubeError::Kubeconfig(chain(&e)))?;
         Ok(Cluster {
             client,
             options: ClusterOptions::default(),
@@ -348,7 +307,7 @@ impl Cluster {
                 "Kustomization",
                 flux::NAMESPACE,
                 flux::NAME,
-                "Kept",
+                ObjectState::Kept,
                 format!("Flux components are owned by Git: flux-system has applied {rev}"),
             )]);
         }

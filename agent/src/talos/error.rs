@@ -7,43 +7,57 @@ use tonic::Code;
 
 use super::kubeconfig::ArchiveError;
 use super::talosconfig::TalosConfigError;
+use crate::error::{Classify, ErrorKind, chain, transient_if};
 
 /// A failure talking to the Talos API.
 #[derive(Debug, thiserror::Error)]
 pub enum TalosError {
     /// machined's socket could not be reached (missing, refused, wrong permissions).
     #[error(
-        "cannot connect to machined's socket {}: {detail}; machined may still be starting \
+        "cannot connect to machined's socket {}: {}; machined may still be starting \
          (retry), or the socket is not mounted into the service (mount {} and depend on its path)",
-        socket.display(), socket.display()
+        socket.display(), chain(source), socket.display()
     )]
     SocketConnect {
         /// The socket path.
         socket: PathBuf,
-        /// The transport error chain.
-        detail: String,
+        /// The transport error.
+        #[source]
+        source: tonic::transport::Error,
     },
 
     /// No endpoint of the talosconfig context answered a TLS connection.
-    #[error("cannot connect to the Talos API at {endpoint}: {detail}{hint}")]
+    #[error("cannot connect to the Talos API at {endpoint}: {}", chain(source))]
     EndpointConnect {
         /// `host:port` tried last.
         endpoint: String,
-        /// The transport error chain.
-        detail: String,
-        /// What to do, derived from the error (empty when nothing specific applies).
-        hint: &'static str,
+        /// The transport error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+
+    /// An endpoint of the talosconfig context that cannot be dialled at all.
+    #[error("cannot connect to the Talos API at {endpoint}: {reason}")]
+    BadEndpoint {
+        /// The endpoint as written, or `(none)`.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
 
     /// The client certificate, key or CA of the talosconfig is not usable by TLS.
-    #[error("the talosconfig credentials cannot be used for TLS: {detail}")]
+    #[error(
+        "the talosconfig credentials cannot be used for TLS: {}",
+        chain(source)
+    )]
     Tls {
         /// What is wrong.
-        detail: String,
+        #[source]
+        source: tonic::transport::Error,
     },
 
     /// A call returned a gRPC error status.
-    #[error("{method} on {target} failed ({code:?}): {message}. {hint}")]
+    #[error("{method} on {target} failed ({code:?}): {message}")]
     Call {
         /// `machined socket /path` or `endpoint host:port (node N)`.
         target: String,
@@ -53,8 +67,6 @@ pub enum TalosError {
         code: Code,
         /// The status message from the server.
         message: String,
-        /// What to do.
-        hint: &'static str,
     },
 
     /// `Read` found no such file: for the status file this means the agent has not run there.
@@ -117,23 +129,38 @@ pub enum TalosError {
     TalosConfig(#[from] TalosConfigError),
 }
 
-impl TalosError {
-    /// Whether retrying later may succeed (machined still starting, not ready yet, network
-    /// hiccup). Configuration and permission problems are not transient.
-    pub fn is_transient(&self) -> bool {
+impl Classify for TalosError {
+    /// Transient when retrying later may succeed (machined still starting, not ready yet,
+    /// network hiccup); configuration and permission problems are not.
+    fn kind(&self) -> ErrorKind {
         match self {
-            TalosError::SocketConnect { .. } | TalosError::EndpointConnect { .. } => true,
-            TalosError::Call { code, .. } => is_transient_code(*code),
-            TalosError::NodeReported { .. } => true,
-            TalosError::Tls { .. }
-            | TalosError::NotFoundOnNode { .. }
+            TalosError::SocketConnect { .. } | TalosError::EndpointConnect { .. } => {
+                ErrorKind::Transient
+            }
+            TalosError::Call { code, .. } => transient_if(is_transient_code(*code)),
+            TalosError::NodeReported { .. } => ErrorKind::Transient,
+            TalosError::BadEndpoint { .. }
+            | TalosError::Tls { .. }
+            | TalosError::TalosConfig(_) => ErrorKind::Config,
+            TalosError::NotFoundOnNode { .. }
             | TalosError::MalformedReply { .. }
             | TalosError::ReplyTooLarge { .. }
-            | TalosError::KubeconfigArchive { .. }
-            | TalosError::TalosConfig(_) => false,
+            | TalosError::KubeconfigArchive { .. } => ErrorKind::Permanent,
         }
     }
 
+    fn hint(&self) -> Option<String> {
+        match self {
+            TalosError::Call { method, code, .. } => Some(hint(method, *code).to_owned()),
+            TalosError::EndpointConnect { source, .. } => {
+                connect_hint(&chain(source)).map(str::to_owned)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl TalosError {
     /// The gRPC status code, when the error is a call failure.
     pub fn code(&self) -> Option<Code> {
         match self {
@@ -149,7 +176,6 @@ impl TalosError {
             method,
             code: status.code(),
             message: status.message().to_owned(),
-            hint: hint(method, status.code()),
         }
     }
 }
@@ -204,17 +230,22 @@ fn hint(method: &str, code: Code) -> &'static str {
     }
 }
 
-/// Renders an error and its whole `source()` chain on one line.
-pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = e.source();
-    }
-    out
+/// What to do about a failed TLS connection, from the transport error's text.
+fn connect_hint(detail: &str) -> Option<&'static str> {
+    Some(
+        if detail.contains("UnknownIssuer") || detail.contains("BadSignature") {
+            "the server's certificate is not signed by the talosconfig's `ca`: is this \
+             talosconfig for this cluster?"
+        } else if detail.contains("NotValidForName") || detail.contains("not valid for name") {
+            "the server's certificate does not name this endpoint: use an endpoint listed in the \
+             machine configuration's certSANs"
+        } else if detail.contains("Expired") || detail.contains("NotValidYet") {
+            "a certificate is outside its validity period: check the clock, or regenerate the \
+             talosconfig (`talosctl config new`)"
+        } else if detail.contains("certificate") || detail.contains("alert") {
+            "the TLS handshake failed: check that the talosconfig belongs to this cluster"
+        } else {
+            "is the node up and apid listening on this address?"
+        },
+    )
 }

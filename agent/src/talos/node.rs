@@ -11,7 +11,7 @@ use tonic::{Code, Request};
 use tower::service_fn;
 use tracing::debug;
 
-use super::error::{TalosError, chain};
+use super::error::TalosError;
 use super::kubeconfig::{Kubeconfig, MAX_ARCHIVE_BYTES};
 use super::proto::machine::BootstrapRequest;
 use super::proto::machine::machine_service_client::MachineServiceClient;
@@ -56,9 +56,9 @@ impl NodeClient {
             .timeout(CALL_TIMEOUT)
             .connect_with_connector(connector)
             .await
-            .map_err(|e| TalosError::SocketConnect {
+            .map_err(|source| TalosError::SocketConnect {
                 socket: socket.to_path_buf(),
-                detail: chain(&e),
+                source,
             })?;
         debug!(socket = %socket.display(), "connected to machined");
         Ok(NodeClient {

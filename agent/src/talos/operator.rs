@@ -8,7 +8,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Code, Request};
 use tracing::debug;
 
-use super::error::{TalosError, chain};
+use super::error::TalosError;
 use super::proto::NODE_METADATA_KEY;
 use super::proto::machine::ReadRequest;
 use super::proto::machine::machine_service_client::MachineServiceClient;
@@ -38,10 +38,9 @@ impl OperatorClient {
         let mut last = None;
         for raw in &sel.endpoints {
             let Some((host, port)) = split_endpoint(raw, DEFAULT_APID_PORT) else {
-                last = Some(TalosError::EndpointConnect {
+                last = Some(TalosError::BadEndpoint {
                     endpoint: raw.clone(),
-                    detail: "not a valid endpoint (expected host, host:port or [ipv6]:port)".into(),
-                    hint: "",
+                    reason: "not a valid endpoint (expected host, host:port or [ipv6]:port)",
                 });
                 continue;
             };
@@ -62,10 +61,9 @@ impl OperatorClient {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| TalosError::EndpointConnect {
+        Err(last.unwrap_or_else(|| TalosError::BadEndpoint {
             endpoint: "(none)".into(),
-            detail: "the talosconfig context lists no endpoints".into(),
-            hint: "",
+            reason: "the talosconfig context lists no endpoints",
         }))
     }
 
@@ -103,8 +101,9 @@ impl OperatorClient {
                 target: target.clone(),
                 method: "Read",
                 code: Code::InvalidArgument,
-                message: format!("node name {node:?} is not valid gRPC metadata"),
-                hint: "Pass a node address or hostname",
+                message: format!(
+                    "node name {node:?} is not valid gRPC metadata: pass a node address or hostname"
+                ),
             })?;
             req.metadata_mut().insert(NODE_METADATA_KEY, value);
         }
@@ -154,37 +153,18 @@ async fn connect_one(
         .identity(Identity::from_pem(&sel.crt_pem, &*sel.key_pem))
         .domain_name(host);
     let endpoint = Endpoint::from_shared(format!("https://{authority}"))
-        .map_err(|e| TalosError::EndpointConnect {
+        .map_err(|source| TalosError::EndpointConnect {
             endpoint: authority.to_owned(),
-            detail: chain(&e),
-            hint: "",
+            source,
         })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tls_config(tls)
-        .map_err(|e| TalosError::Tls { detail: chain(&e) })?;
-    endpoint.connect().await.map_err(|e| {
-        let detail = chain(&e);
-        TalosError::EndpointConnect {
+        .map_err(|source| TalosError::Tls { source })?;
+    endpoint
+        .connect()
+        .await
+        .map_err(|source| TalosError::EndpointConnect {
             endpoint: authority.to_owned(),
-            hint: connect_hint(&detail),
-            detail,
-        }
-    })
-}
-
-fn connect_hint(detail: &str) -> &'static str {
-    if detail.contains("UnknownIssuer") || detail.contains("BadSignature") {
-        "; the server's certificate is not signed by the talosconfig's `ca`: is this \
-         talosconfig for this cluster?"
-    } else if detail.contains("NotValidForName") || detail.contains("not valid for name") {
-        "; the server's certificate does not name this endpoint: use an endpoint listed in the \
-         machine configuration's certSANs"
-    } else if detail.contains("Expired") || detail.contains("NotValidYet") {
-        "; a certificate is outside its validity period: check the clock, or regenerate the \
-         talosconfig (`talosctl config new`)"
-    } else if detail.contains("certificate") || detail.contains("alert") {
-        "; the TLS handshake failed: check that the talosconfig belongs to this cluster"
-    } else {
-        "; is the node up and apid listening on this address?"
-    }
+            source,
+        })
 }

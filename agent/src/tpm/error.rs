@@ -1,13 +1,10 @@
 //! Errors of the TPM client: transport, framing, TPM response codes, session integrity.
 
 use super::rc::{self, ResponseCode};
+use crate::error::{Classify, ErrorKind, transient_if};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TpmError {
-    #[error(
-        "TPM address {0:?} is not understood: use a device path (/dev/tpmrm0), tcp://HOST:PORT or unix:///PATH"
-    )]
-    BadAddress(String),
     #[error(
         "cannot open the TPM at {address}: {source} (is a TPM 2.0 present and enabled in the firmware/VM settings?)"
     )]
@@ -56,21 +53,23 @@ impl TpmError {
             _ => None,
         }
     }
+}
 
-    /// Whether retrying later (same boot) may succeed.
-    pub fn is_transient(&self) -> bool {
+impl Classify for TpmError {
+    /// Transient when retrying later (same boot) may succeed.
+    fn kind(&self) -> ErrorKind {
         match self {
             TpmError::NoDevice { .. } | TpmError::Io { .. } | TpmError::ShortResponse { .. } => {
-                true
+                ErrorKind::Transient
             }
             // Warnings (including DA lockout, which expires) may clear with time.
-            TpmError::Tpm(rc) | TpmError::Rejected { rc, .. } => rc.is_warning(),
-            _ => false,
+            TpmError::Tpm(rc) | TpmError::Rejected { rc, .. } => transient_if(rc.is_warning()),
+            _ => ErrorKind::Permanent,
         }
     }
 
     /// What an operator can do about it.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             TpmError::NoDevice { .. } => Some(
                 "check that the machine has a TPM 2.0 (on Proxmox: add a TPM state volume, version v2.0) and that /dev/tpmrm0 exists".into(),

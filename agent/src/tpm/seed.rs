@@ -9,6 +9,7 @@ use super::client::{SaltKey, Session, SessionKind, Tpm};
 use super::commands::NvPublic;
 use super::error::TpmError;
 use super::policy::{self, ALG_SHA256, PCR_COUNT};
+use crate::error::{Classify, ErrorKind};
 
 pub const NV_OWNERWRITE: u32 = 1 << 1;
 pub const NV_POLICYWRITE: u32 = 1 << 3;
@@ -104,14 +105,15 @@ fn describe_pcrs(pcrs: &[u32]) -> String {
     )
 }
 
-impl SeedError {
-    pub fn is_transient(&self) -> bool {
+impl Classify for SeedError {
+    fn kind(&self) -> ErrorKind {
         match self {
-            SeedError::Tpm(e) => e.is_transient(),
-            _ => false,
+            SeedError::Tpm(e) => e.kind(),
+            SeedError::Settings(_) => ErrorKind::Config,
+            _ => ErrorKind::Permanent,
         }
     }
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             SeedError::Tpm(e) => e.hint(),
             _ => None,

@@ -1,14 +1,17 @@
 //! How command bytes reach the TPM: the kernel's resource manager device, or swtpm over TCP or a
 //! Unix socket. All speak raw TPM 2.0 command/response bytes with no extra framing.
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
+use std::str::FromStr;
 use std::time::Duration;
 
 use super::error::TpmError;
 use super::wire::{HEADER_LEN, MAX_RESPONSE};
+use crate::error::Invalid;
 
 /// Sends one command and returns the raw response bytes (framing is checked by the caller).
 pub trait Transport: Send {
@@ -22,41 +25,70 @@ pub trait Transport: Send {
     }
 }
 
-/// Where the TPM is, parsed from the settings string.
+/// The kernel's TPM resource manager: where the TPM is unless told otherwise.
+pub const DEFAULT_DEVICE: &str = "/dev/tpmrm0";
+
+/// Where the TPM is: a device path, `tcp://HOST:PORT` or `unix:///PATH` (swtpm).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
     Device(String),
+    /// `HOST:PORT`.
     Tcp(String),
+    /// An absolute socket path.
     Unix(String),
 }
 
-impl Address {
-    pub fn parse(s: &str) -> Result<Self, TpmError> {
+impl Default for Address {
+    fn default() -> Self {
+        Address::Device(DEFAULT_DEVICE.to_string())
+    }
+}
+
+impl FromStr for Address {
+    type Err = Invalid;
+
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        let invalid = |message: String| {
+            Invalid::new(message, "use /dev/tpmrm0, tcp://HOST:PORT or unix:///PATH")
+        };
         if let Some(hp) = s.strip_prefix("tcp://") {
-            if hp.is_empty() || !hp.contains(':') {
-                return Err(TpmError::BadAddress(s.to_string()));
+            let (host, port) = hp
+                .rsplit_once(':')
+                .ok_or_else(|| invalid(format!("`{s}` has no port")))?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(invalid(format!("`{s}` is not tcp://HOST:PORT")));
             }
             Ok(Address::Tcp(hp.to_string()))
         } else if let Some(p) = s.strip_prefix("unix://") {
             if !p.starts_with('/') {
-                return Err(TpmError::BadAddress(s.to_string()));
+                return Err(invalid(format!("`{s}` is not unix:///ABSOLUTE/PATH")));
             }
             Ok(Address::Unix(p.to_string()))
         } else if s.starts_with('/') {
             Ok(Address::Device(s.to_string()))
         } else {
-            Err(TpmError::BadAddress(s.to_string()))
+            Err(invalid(format!("`{s}` is not a TPM address")))
         }
     }
 }
 
-/// Opens the transport for an address string.
-pub fn open(address: &str) -> Result<Box<dyn Transport>, TpmError> {
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Device(path) => f.write_str(path),
+            Address::Tcp(hp) => write!(f, "tcp://{hp}"),
+            Address::Unix(path) => write!(f, "unix://{path}"),
+        }
+    }
+}
+
+/// Opens the transport to `address`.
+pub fn open(address: &Address) -> Result<Box<dyn Transport>, TpmError> {
     let no_device = |source| TpmError::NoDevice {
         address: address.to_string(),
         source,
     };
-    match Address::parse(address)? {
+    match address.clone() {
         Address::Device(path) => {
             let file = OpenOptions::new()
                 .read(true)
@@ -183,19 +215,27 @@ mod tests {
 
     #[test]
     fn parses_addresses() {
+        for text in [
+            "/dev/tpmrm0",
+            "tcp://127.0.0.1:2321",
+            "unix:///run/swtpm.sock",
+        ] {
+            let a: Address = text.parse().unwrap();
+            assert_eq!(a.to_string(), text);
+        }
         assert_eq!(
-            Address::parse("/dev/tpmrm0").ok(),
-            Some(Address::Device("/dev/tpmrm0".into()))
+            "tcp://127.0.0.1:2321".parse::<Address>(),
+            Ok(Address::Tcp("127.0.0.1:2321".into()))
         );
-        assert_eq!(
-            Address::parse("tcp://127.0.0.1:2321").ok(),
-            Some(Address::Tcp("127.0.0.1:2321".into()))
-        );
-        assert_eq!(
-            Address::parse("unix:///run/swtpm.sock").ok(),
-            Some(Address::Unix("/run/swtpm.sock".into()))
-        );
-        assert!(Address::parse("tpmrm0").is_err());
-        assert!(Address::parse("tcp://nohost").is_err());
+        for bad in [
+            "tpmrm0",
+            "tcp://nohost",
+            "tcp://:1",
+            "tcp://h:99999",
+            "unix://rel",
+        ] {
+            let e = bad.parse::<Address>().unwrap_err();
+            assert!(e.message.contains(bad) && e.fix.contains("tcp://"), "{e}");
+        }
     }
 }

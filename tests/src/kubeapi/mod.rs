@@ -3,6 +3,14 @@
 //! built-in and CRD types, server-side apply with field managers and conflicts, resourceVersion
 //! and generation, the status subresource, list/watch — plus request counting and fault
 //! injection. Tests play the controllers through [`KubeApi::update_status`] and friends.
+//!
+//! What it models, and only that: the requests the agent sends while bootstrapping (and
+//! `kubectl apply --server-side`, `get`, `edit` for the cross-checks), with the API server's
+//! observable answers — status codes, `Status` bodies, managedFields, conflicts naming the
+//! manager and the fields. Authentication is a client certificate signed by the cluster CA (TLS
+//! mode); there is no authorization, admission, schema validation (the OpenAPI document it
+//! serves is open), garbage collection, or controller: Deployments become Available and CRDs
+//! Established only when a test (or the rehearsal's controller task) says so.
 
 mod fields;
 #[allow(clippy::result_large_err)] // handlers return ready-made error responses

@@ -43,7 +43,7 @@ use crate::kubeapi::fixture::{Corpus, compose_bundle};
 use crate::swtpm::{Swtpm, agent_binary};
 use crate::talos::StandIn;
 pub use controllers::{ControllerDelays, Controllers, REVISION};
-pub use service::{Exit, Launch, Service, ServiceReport};
+pub use service::{Exit, Launch, Service, ServiceReport, TALOS_RESTART_INTERVAL};
 pub use spec::{Restart, ServiceSpec, host_path};
 
 /// Where the agent writes its status on the node (the spec's mount and the agent's default).
@@ -71,6 +71,8 @@ pub struct NodeOptions {
     /// Starts of the service before the supervisor gives up (untilSuccess restarts otherwise
     /// forever, as Talos does).
     pub max_starts: usize,
+    /// Pause before a restart: Talos's 5 s by default.
+    pub restart_interval: Duration,
 }
 
 impl Default for NodeOptions {
@@ -81,6 +83,7 @@ impl Default for NodeOptions {
             delays: ControllerDelays::default(),
             retry_max: "1s".into(),
             max_starts: 20,
+            restart_interval: TALOS_RESTART_INTERVAL,
         }
     }
 }
@@ -276,7 +279,7 @@ impl Node {
             args: self.spec.mapped_args(self.root()),
             env: self.service_env(),
             restart: self.spec.restart,
-            restart_delay: Duration::from_millis(200),
+            restart_interval: self.options.restart_interval,
             max_starts,
         })
     }
@@ -311,6 +314,29 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// Starts the service and waits until the agent has recorded a failure and, instead of
+    /// exiting (which `untilSuccess` would answer with a restart every 5 s), waits for its
+    /// configuration to change. Returns the running service and the status.
+    pub async fn service_until_failed(&self, timeout: Duration) -> (Service, Status) {
+        let service = self.service();
+        let deadline = Instant::now() + timeout;
+        while !service
+            .log()
+            .contains("waiting for the configuration to change")
+        {
+            assert!(
+                Instant::now() < deadline && service.exits().is_empty(),
+                "the agent did not settle on a failure within {timeout:?}; exits {:?}; log:\n{}",
+                service.exits(),
+                service.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let status = self.status().expect("status written on a failure");
+        assert_eq!(status.phase, Phase::Failed, "{}", status.render());
+        (service, status)
     }
 
     /// Waits until the agent waits for the operator; returns the TPM recipient.

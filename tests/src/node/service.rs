@@ -1,5 +1,14 @@
 //! Runs the agent binary as Talos runs an extension service: one process at a time, restarted
 //! per the spec's restart policy, its output collected (Talos keeps it as the service log).
+//!
+//! The restart policy follows Talos's restart runner (siderolabs/talos
+//! `internal/app/machined/pkg/system/runner/restart/restart.go` at ad88231): `untilSuccess`
+//! ends after an exit without error and starts the process again after any error — a non-zero
+//! exit or a signal — once `RestartInterval` has passed (`Run`, lines 132-155), which is 5 s
+//! unless the service sets another (`DefaultOptions`, line 80; extension services do not:
+//! `internal/app/machined/pkg/system/services/extension.go`, lines 236-249). Stopping the service
+//! aborts the restart sequence (lines 119-123 and 149-153). Extension services are
+//! `untilSuccess`, `always` (`Forever`) or `never` (`Once`).
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -15,6 +24,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::spec::Restart;
+
+/// Talos's default pause between a failed run of a service and the next start
+/// (`restart.DefaultOptions`, `RestartInterval: 5 * time.Second`).
+pub const TALOS_RESTART_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How one process of the service ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +53,9 @@ pub struct Launch {
     /// Working directory (the container's root, mapped on the host).
     pub cwd: PathBuf,
     pub restart: Restart,
-    /// Pause before a restart (Talos waits a little too).
-    pub restart_delay: Duration,
+    /// Pause before a restart: Talos's `RestartInterval` ([`TALOS_RESTART_INTERVAL`]), or less
+    /// in tests that only care about what a restart finds.
+    pub restart_interval: Duration,
     /// Stop restarting after this many starts.
     pub max_starts: usize,
 }
@@ -290,7 +304,7 @@ async fn supervise(launch: Launch, shared: Arc<Mutex<Shared>>, mut stop: watch::
             break;
         }
         tokio::select! {
-            () = tokio::time::sleep(launch.restart_delay) => {}
+            () = tokio::time::sleep(launch.restart_interval) => {}
             _ = stop.changed() => break,
         }
     }

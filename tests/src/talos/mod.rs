@@ -6,6 +6,15 @@
 //! - TCP `127.0.0.1:0` with mutual TLS, the role taken from the client certificate's
 //!   Organization and requests routed by the `node` metadata (apid).
 //!
+//! What it models, and only that: the `MachineService` methods the agent and `bootstrap-agent
+//! status` call, as machined and apid answer them — `Version`; `Bootstrap` (`FailedPrecondition`
+//! while not ready, `AlreadyExists` once done, `Unimplemented` on a worker, `InvalidArgument`
+//! without an etcd CA); `Kubeconfig` (a gzip tar, streamed in chunks); `Read` (a regular file
+//! under the node's root, `NotFound` as machined words it); `ServiceList` — each behind its
+//! role check (`os:admin`, or any `os:*` reader role for `Version` and `ServiceList`), with the
+//! per-node `Metadata` apid adds to replies. The protos are the agent's own subset of Talos's,
+//! so no other method exists here; neither do trustd, the machine configuration, or events.
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use bootstrap_agent_tests::talos::StandIn;
