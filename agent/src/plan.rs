@@ -131,7 +131,7 @@ impl Plan {
             namespace: Some(FLUX_NAMESPACE.into()),
             name: "flux-system".into(),
             note: format!(
-                "path {} every {}, SOPS decryption with sops-age",
+                "path {} every {} (Flux's own path: no SOPS decryption)",
                 flux.path,
                 format_go(flux.interval)
             ),

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use bootstrap_agent::kube::ObjectState;
 use bootstrap_agent::plan::StepId;
 use bootstrap_agent::status::{Phase, Status, StepState};
 use bootstrap_agent_tests::kubeapi::ObjectRef;
@@ -150,41 +151,61 @@ async fn reboot_without_reflash_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_boot_with_encrypted_files_in_git_waits_instead_of_failing() {
+async fn first_boot_without_the_key_flux_is_ready_and_the_encrypted_layer_waits() {
     let node = Node::start(NodeOptions::default()).await;
-    // Git holds SOPS-encrypted files: until sops-age exists, kustomize-controller cannot
-    // decrypt them and reports a terminal failure.
-    node.controllers.fail_kustomization(
-        "BuildFailed",
-        "decryption failed for 'flux-system/secrets.enc.yaml': no age identity found",
-    );
+    // Git holds a layer of SOPS-encrypted files (`certificates`); flux-system itself decrypts
+    // nothing, so Flux manages itself before the key is sealed.
+    node.controllers.with_encrypted_layer();
     node.write_config(None);
     let waiting = node.service();
     let recipient = node.wait_for_enrolment(RUN).await;
-    let status = node.status().unwrap();
+    let status = node
+        .wait_status(RUN, "the encrypted layer reported", |s| {
+            s.objects
+                .iter()
+                .any(|o| o.name == "certificates" && o.state == ObjectState::Waiting)
+        })
+        .await;
     assert_eq!(status.phase, Phase::Waiting, "{}", status.render());
     assert!(status.last_error.is_none(), "{}", status.render());
+    // Flux is Ready on flux-system: the ready step is done.
     let ready = status.step(StepId::Ready).unwrap();
-    assert_eq!(ready.state, StepState::Waiting, "{}", status.render());
+    assert_eq!(ready.state, StepState::Done, "{}", status.render());
     assert!(
         ready
             .message
             .as_deref()
             .unwrap_or("")
-            .contains("decryption failed"),
+            .contains("certificates"),
         "{ready:?}"
     );
+    let layer = status
+        .objects
+        .iter()
+        .find(|o| o.name == "certificates")
+        .unwrap();
+    assert!(layer.message.contains("decryption failed"), "{layer:?}");
+    assert!(layer.message.contains("SOPS key"), "{layer:?}");
     assert_eq!(status.tpm.as_ref().unwrap().recipient, recipient);
     // No restart loop: the service waits for its configuration.
     assert!(waiting.exits().is_empty(), "{:?}", waiting.exits());
 
-    // Once the key is sealed (and sops-age exists) Flux decrypts and the node gets Ready.
+    // Once the key is sealed (and sops-age exists) the layer decrypts and the node is Ready.
     let sealed = node.seal_to(&recipient);
     node.write_config(Some(&sealed.armor));
     waiting.stop().await;
-    node.controllers.succeed_kustomization();
     let report = node.service().wait(RUN).await;
     assert_eq!(report.last().unwrap().code, Some(0), "{}", report.log);
     assert_eq!(node.status().unwrap().phase, Phase::Ready);
     assert_eq!(node.sops_age().await.unwrap(), sealed.key_file.as_bytes());
+    // No layer waits for the key any more.
+    let status = node.status().unwrap();
+    assert!(
+        !status
+            .objects
+            .iter()
+            .any(|o| o.state == ObjectState::Waiting),
+        "{}",
+        status.render()
+    );
 }

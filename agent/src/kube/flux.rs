@@ -1,5 +1,9 @@
-//! Flux's sync objects (GitRepository + Kustomization `flux-system`, as `flux bootstrap`
-//! writes them, plus SOPS decryption) and readiness judged as Flux and kstatus judge it.
+//! Flux's sync objects (GitRepository + Kustomization `flux-system`, as `flux bootstrap` writes
+//! them) and readiness judged as Flux and kstatus judge it.
+//!
+//! The `flux-system` Kustomization does not decrypt: nothing under Flux's own path is encrypted,
+//! so Flux manages itself (and its upgrades) before the SOPS key is sealed. The layers that hold
+//! encrypted files decrypt with `flux-system/sops-age` themselves (`kubernetes/flux-system/`).
 
 use std::time::Duration;
 
@@ -26,8 +30,6 @@ pub struct FluxSync {
     pub source_interval: Duration,
     /// Secret with the Git credentials (deploy key), when the repository is private.
     pub secret_ref: Option<String>,
-    /// Secret with the SOPS age key.
-    pub decryption_secret: String,
     pub namespace: String,
     pub name: String,
 }
@@ -42,7 +44,6 @@ impl FluxSync {
             interval: Duration::from_secs(600),
             source_interval: Duration::from_secs(60),
             secret_ref: None,
-            decryption_secret: "sops-age".into(),
             namespace: NAMESPACE.into(),
             name: NAME.into(),
         }
@@ -72,7 +73,6 @@ impl FluxSync {
                 "path": self.path,
                 "prune": true,
                 "sourceRef": {"kind": "GitRepository", "name": self.name},
-                "decryption": {"provider": "sops", "secretRef": {"name": self.decryption_secret}},
             },
         });
         vec![git, ks]
@@ -366,6 +366,36 @@ pub(crate) async fn check_ready(
     }
 }
 
+/// Every other Kustomization in Flux's namespace (the layers Git defines), judged as Flux
+/// judges them. Informational: the boot does not wait for them, but the status shows, for
+/// example, a layer that waits for the SOPS key.
+pub(crate) async fn layers(
+    cluster: &Cluster,
+    sync: &FluxSync,
+    until: Instant,
+) -> Result<Vec<ObjectReport>, KubeError> {
+    let api = api(
+        cluster,
+        "kustomize.toolkit.fluxcd.io/v1",
+        "Kustomization",
+        &sync.namespace,
+    )?;
+    let context = format!("list Kustomizations in {}", sync.namespace);
+    let list = retry(until, || async {
+        match api.list(&ListParams::default()).await {
+            Ok(l) => Ok(l.items),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
+            Err(e) => Err(KubeError::from_kube(&context, e)),
+        }
+    })
+    .await?;
+    Ok(list
+        .iter()
+        .filter(|k| k.metadata.name.as_deref() != Some(sync.name.as_str()))
+        .map(|k| judge_flux("Kustomization", k, &sync.branch))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -388,7 +418,10 @@ mod tests {
         let mut s = FluxSync::new("https://example.test/repo.git", "main", "./clusters/home");
         let o = s.objects();
         assert!(o[0]["spec"].get("secretRef").is_none());
-        assert_eq!(o[1]["spec"]["decryption"]["secretRef"]["name"], "sops-age");
+        assert!(
+            o[1]["spec"].get("decryption").is_none(),
+            "flux-system must sync without the SOPS key"
+        );
         assert_eq!(
             o[1]["spec"]["sourceRef"],
             json!({"kind": "GitRepository", "name": "flux-system"})

@@ -337,4 +337,10 @@ impl Cluster {
     pub async fn check_ready(&self, sync: &FluxSync) -> Result<Readiness, KubeError> {
         flux::check_ready(self, sync, self.budget()).await
     }
+
+    /// The other Kustomizations in Flux's namespace (Git's layers), judged as Flux judges them;
+    /// informational (the boot does not wait for them).
+    pub async fn layers(&self, sync: &FluxSync) -> Result<Vec<ObjectReport>, KubeError> {
+        flux::layers(self, sync, self.budget()).await
+    }
 }

@@ -26,6 +26,9 @@ pub enum ObjectState {
     Ready,
     /// Readiness: not there yet.
     Progressing,
+    /// Readiness: waits for the operator (a layer that decrypts, while the SOPS key is not sealed
+    /// yet).
+    Waiting,
     /// Secrets: the cluster holds other content; left untouched.
     Differs,
     /// Secrets: other content replaced (overwrite configured).
@@ -44,6 +47,7 @@ impl ObjectState {
             ObjectState::Failed => "Failed",
             ObjectState::Ready => "Ready",
             ObjectState::Progressing => "Progressing",
+            ObjectState::Waiting => "Waiting",
             ObjectState::Differs => "Differs",
             ObjectState::Replaced => "Replaced",
         }

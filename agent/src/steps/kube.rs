@@ -123,7 +123,8 @@ impl Step for Flux {
     }
 }
 
-/// `sync`: the GitRepository and Kustomization `flux-system`, with SOPS decryption. Part of
+/// `sync`: the GitRepository and Kustomization `flux-system` (no decryption: nothing in Flux's own
+/// path is encrypted; the layers that hold encrypted files decrypt themselves). Part of
 /// installing Flux: it runs under `flux`'s deadline.
 pub(super) enum Sync {}
 
@@ -161,10 +162,26 @@ impl Step for Ready {
     async fn attempt(ctx: &mut Context) -> Result<Outcome, StepFailure> {
         let cluster = ctx.cluster().await?;
         match cluster.check_ready(&ctx.settings.flux).await? {
-            Readiness::Ready(reports) => Ok(Outcome::Done {
-                message: "Flux reports the sync Ready".into(),
-                objects: reports,
-            }),
+            Readiness::Ready(mut reports) => {
+                let layers = layers(&cluster, ctx).await?;
+                let behind: Vec<String> = layers
+                    .iter()
+                    .filter(|r| r.state != ObjectState::Ready)
+                    .map(|r| format!("{} ({})", r.name, r.state.as_str().to_lowercase()))
+                    .collect();
+                reports.extend(layers);
+                let mut message = "Flux reports the sync Ready".to_string();
+                if !behind.is_empty() {
+                    message.push_str(&format!(
+                        "; not Ready yet (Flux goes on by itself): {}",
+                        behind.join(", ")
+                    ));
+                }
+                Ok(Outcome::Done {
+                    message,
+                    objects: reports,
+                })
+            }
             Readiness::Progressing(reports) => {
                 let pending: Vec<String> = reports
                     .iter()
@@ -197,6 +214,25 @@ impl Step for Ready {
                 .with_objects(reports)),
         }
     }
+}
+
+/// Git's other layers as Flux reports them. While the sealed inputs are missing, a layer that
+/// fails to decrypt waits for the operator, like the secrets step.
+async fn layers(cluster: &Cluster, ctx: &Context) -> Result<Vec<ObjectReport>, StepFailure> {
+    let mut layers = cluster.layers(&ctx.settings.flux).await?;
+    if ctx.awaiting.is_some() {
+        for r in &mut layers {
+            let m = r.message.to_lowercase();
+            if r.state != ObjectState::Ready && (m.contains("decrypt") || m.contains("sops")) {
+                r.state = ObjectState::Waiting;
+                r.message = format!(
+                    "{} (waits for the SOPS key: see the secrets step)",
+                    r.message
+                );
+            }
+        }
+    }
+    Ok(layers)
 }
 
 /// `what: 3 created, 2 unchanged`, with the objects.

@@ -64,6 +64,9 @@ struct Sim {
     seen: HashMap<String, Instant>,
     /// Ready=False (reason, message) for the Kustomization, when told to fail.
     failure: Option<(String, String)>,
+    /// Git also holds a layer with SOPS-encrypted files (`certificates`), which Flux creates once
+    /// flux-system has applied and which decrypts with `flux-system/sops-age`.
+    encrypted_layer: bool,
 }
 
 /// The running simulator; stops when dropped.
@@ -84,6 +87,16 @@ fn gitrepository() -> ObjectRef {
         "gitrepositories",
         "flux-system",
         "flux-system",
+    )
+}
+
+/// The encrypted layer's Kustomization, as `kubernetes/flux-system/layers.yaml` defines it.
+fn certificates() -> ObjectRef {
+    ObjectRef::new(
+        "kustomize.toolkit.fluxcd.io",
+        "kustomizations",
+        "flux-system",
+        "certificates",
     )
 }
 
@@ -125,6 +138,15 @@ impl Controllers {
             }
         });
         Controllers { sim, task }
+    }
+
+    /// Git also holds a layer of SOPS-encrypted files: once flux-system has applied, Flux
+    /// creates the Kustomization `certificates` (decryption with `flux-system/sops-age`), which
+    /// fails to decrypt until that Secret exists and is Ready afterwards.
+    pub fn with_encrypted_layer(&self) {
+        if let Ok(mut s) = self.sim.lock() {
+            s.encrypted_layer = true;
+        }
     }
 
     /// From now on the Kustomization reconciles to Ready=True again.
@@ -194,6 +216,12 @@ async fn step(api: &ApiServer, sim: &Arc<Mutex<Sim>>, d: &ControllerDelays) {
             Some((reason, _)) => condition(&ks, "Ready").is_some_and(|c| c["reason"] == *reason),
             None => condition(&ks, "Ready").is_some_and(|c| c["status"] == "True"),
         };
+    // Applying flux-system creates Git's other layers; the encrypted one is reconciled (and, without
+    // the key, fails to decrypt) before flux-system reports Ready, and follows the key afterwards.
+    let layer = sim.lock().map(|s| s.encrypted_layer).unwrap_or(false);
+    if layer && !encrypted_layer(api).await {
+        return;
+    }
     if verdict_matches || !due(sim, format!("ks@{}", generation(&ks)), d.kustomization) {
         return;
     }
@@ -211,6 +239,49 @@ async fn step(api: &ApiServer, sim: &Arc<Mutex<Sim>>, d: &ControllerDelays) {
                 REVISION,
             )
             .await;
+        }
+    }
+}
+
+/// Flux applying Git's `certificates` layer: created once, then Ready only while the SOPS key
+/// Secret exists (kustomize-controller cannot decrypt without it). True once it has a verdict.
+async fn encrypted_layer(api: &ApiServer) -> bool {
+    let Some(layer) = api.get(&certificates()).await else {
+        let ks = serde_json::json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+            "metadata": {"name": "certificates", "namespace": "flux-system"},
+            "spec": {"interval": "10m0s", "path": "./kubernetes/infrastructure/certificates", "prune": true,
+                "sourceRef": {"kind": "GitRepository", "name": "flux-system"},
+                "decryption": {"provider": "sops", "secretRef": {"name": "sops-age"}}}});
+        api.apply_as(&certificates(), ks, "kustomize-controller")
+            .await;
+        return false;
+    };
+    let key = api
+        .get(&ObjectRef::new("", "secrets", "flux-system", "sops-age"))
+        .await
+        .is_some();
+    let ready = condition(&layer, "Ready").and_then(|c| c["status"].as_str().map(str::to_string));
+    match (key, ready.as_deref()) {
+        (true, Some("True")) | (false, Some("False")) if observed(&layer) => true,
+        (true, _) => {
+            api.mark_flux(
+                &certificates(),
+                "True",
+                "ReconciliationSucceeded",
+                &format!("Applied revision: {REVISION}"),
+                REVISION,
+            )
+            .await
+        }
+        (false, _) => {
+            api.mark_flux(
+                &certificates(),
+                "False",
+                "BuildFailed",
+                "decryption failed for 'certificates/digitalocean-token.enc.yaml': cannot get sops-age decryption Secret: secrets \"sops-age\" not found",
+                REVISION,
+            )
+            .await
         }
     }
 }
