@@ -68,6 +68,16 @@ async fn first_boot_enrols_waits_for_the_sealed_key_then_reaches_flux_ready() {
         status.render()
     );
     assert_eq!(node.talos.bootstrap_calls(), 1);
+    // Flux took over what the agent installed, and the agent let go of all of it: the only
+    // object it still manages is the Secret Git never holds.
+    // (The first run, which waited for the key, already handed them over; this one finds
+    // nothing left but cert-manager's CRDs, which wait for their HelmRelease.)
+    let handoff = status.step(StepId::Handoff).unwrap();
+    assert_eq!(handoff.state, StepState::Done, "{handoff:?}");
+    for d in node.kube.list("apps", "deployments").await {
+        let managers = bootstrap_agent_tests::envtest::managers(&d);
+        assert!(!managers.contains_key("bootstrap-agent"), "{managers:?}");
+    }
 
     // Operator side: the result read through the Talos API.
     let out = node.status_command(&[]);

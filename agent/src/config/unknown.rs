@@ -189,7 +189,7 @@ mod tests {
         assert_eq!(
             known("deadlines"),
             [
-                "talosApi", "etcd", "kubeApi", "secrets", "crds", "flux", "ready"
+                "talosApi", "etcd", "kubeApi", "secrets", "crds", "flux", "ready", "handoff"
             ]
         );
     }

@@ -366,6 +366,75 @@ pub(crate) async fn check_ready(
     }
 }
 
+/// The sync objects as they are in the cluster, compared with the configuration, once Git owns
+/// them: `Kept`, with what differs (the operator changes it in Git, not in the agent's
+/// configuration).
+pub(crate) async fn compare_sync(
+    cluster: &Cluster,
+    sync: &FluxSync,
+    revision: &str,
+    until: Instant,
+) -> Result<Vec<ObjectReport>, KubeError> {
+    let want = sync.objects();
+    let mut out = Vec::new();
+    for (object, (api_version, kind)) in want.iter().zip([
+        ("source.toolkit.fluxcd.io/v1", "GitRepository"),
+        ("kustomize.toolkit.fluxcd.io/v1", "Kustomization"),
+    ]) {
+        let live = get(
+            cluster,
+            api_version,
+            kind,
+            &sync.namespace,
+            &sync.name,
+            until,
+        )
+        .await?;
+        let mut differs = Vec::new();
+        let fields: &[(&str, &[&str])] = match kind {
+            "GitRepository" => &[("url", &["url"]), ("branch", &["ref", "branch"])],
+            _ => &[("path", &["path"])],
+        };
+        for (what, path) in fields {
+            let at = |v: &Value| {
+                let mut cur = &v["spec"];
+                for k in *path {
+                    cur = &cur[*k];
+                }
+                cur.as_str().unwrap_or_default().to_string()
+            };
+            let (w, l) = (
+                at(object),
+                live.as_ref().map(|o| at(&o.data)).unwrap_or_default(),
+            );
+            if w != l {
+                differs.push(format!(
+                    "{what} is {l:?} in the cluster, {w:?} in the configuration"
+                ));
+            }
+        }
+        let message = if differs.is_empty() {
+            format!("owned by Git (flux-system applied {revision})")
+        } else {
+            format!(
+                "owned by Git (flux-system applied {revision}); {}: change kubernetes/flux-system/gotk-sync.yaml in Git, the agent does not write over it",
+                differs.join("; ")
+            )
+        };
+        if !differs.is_empty() {
+            tracing::warn!(object = %format!("{kind} {}/{}", sync.namespace, sync.name), "{message}");
+        }
+        out.push(ObjectReport::new(
+            kind,
+            &sync.namespace,
+            &sync.name,
+            ObjectState::Kept,
+            message,
+        ));
+    }
+    Ok(out)
+}
+
 /// Every other Kustomization in Flux's namespace (the layers Git defines), judged as Flux
 /// judges them. Informational: the boot does not wait for them, but the status shows, for
 /// example, a layer that waits for the SOPS key.

@@ -11,6 +11,7 @@
 mod apply;
 mod established;
 mod flux;
+mod handoff;
 pub mod names;
 mod report;
 mod resources;
@@ -28,8 +29,21 @@ use crate::bundle::{Bundle, BundleError, Manifest};
 use crate::error::{Classify, ErrorKind, chain, transient_if};
 
 pub use flux::{FluxSync, NAMESPACE as FLUX_NAMESPACE, Readiness};
+pub use handoff::{HandOver, KUSTOMIZE_CONTROLLER, inventory_id};
 pub use report::{ObjectReport, ObjectState};
 pub use secrets::{SecretOutcome, SecretReport, SecretSpec};
+
+/// The sync objects as manifests (what the agent applies and later hands over).
+fn sync_manifests(sync: &FluxSync) -> Result<Vec<Manifest>, KubeError> {
+    sync.objects()
+        .iter()
+        .map(|o| Manifest::from_value("flux-sync", "", o))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| KubeError::Invalid {
+            object: "flux-system sync objects".into(),
+            message,
+        })
+}
 
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "bootstrap-agent";
@@ -317,20 +331,29 @@ impl Cluster {
 
     /// Applies the GitRepository and Kustomization `flux-system`.
     pub async fn apply_sync(&self, sync: &FluxSync) -> Result<Vec<ObjectReport>, KubeError> {
-        let objects = sync
-            .objects()
-            .iter()
-            .map(|o| Manifest::from_value("flux-sync", "", o))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|message| KubeError::Invalid {
-                object: "flux-system sync objects".into(),
-                message,
-            })?;
+        // Once flux-system has applied, Git's gotk-sync.yaml owns these objects (the `flux
+        // bootstrap` convention): the agent reports a difference from its configuration and never
+        // writes over Git (which would take fields back and end in a conflict on every boot).
+        if let Some(rev) = flux::applied_revision(self, self.budget()).await? {
+            return flux::compare_sync(self, sync, &rev, self.budget()).await;
+        }
+        let objects = sync_manifests(sync)?;
         let refs: Vec<&Manifest> = objects.iter().collect();
         let bundle = Bundle::default();
         apply::Applier::new(self, &bundle, self.budget())
             .apply_stage(&refs)
             .await
+    }
+
+    /// Hands the bundle's objects and the sync objects over to their owners in Git, where they
+    /// have taken them over (see [`handoff`]).
+    pub async fn hand_over(
+        &self,
+        bundle: &Bundle,
+        sync: &FluxSync,
+    ) -> Result<handoff::HandOver, KubeError> {
+        let objects = sync_manifests(sync)?;
+        handoff::hand_over(self, bundle, &objects, self.budget()).await
     }
 
     /// One readiness pass over the sync objects and Flux's controllers.

@@ -33,6 +33,10 @@ pub enum ObjectState {
     Differs,
     /// Secrets: other content replaced (overwrite configured).
     Replaced,
+    /// Hand-over: its owner in Git has applied it and the agent gave up every field.
+    Released,
+    /// Hand-over: the agent created it and Git does not have it; deleted.
+    Deleted,
 }
 
 impl ObjectState {
@@ -50,6 +54,8 @@ impl ObjectState {
             ObjectState::Waiting => "Waiting",
             ObjectState::Differs => "Differs",
             ObjectState::Replaced => "Replaced",
+            ObjectState::Released => "Released",
+            ObjectState::Deleted => "Deleted",
         }
     }
 

@@ -216,6 +216,72 @@ impl Step for Ready {
     }
 }
 
+/// How long the hand-over waits, within one run, for Flux to apply what the agent installed;
+/// what is left then is handed over by a later run (every boot runs the step again).
+const HANDOFF_PATIENCE: Duration = Duration::from_secs(600);
+
+/// `handoff`: once Flux has applied them from Git, give up every field of the objects the agent
+/// applied (Flux's components, the sync objects, the CRDs a HelmRelease or Kustomization now
+/// owns), and delete a component the agent created that Git does not have. See
+/// [`crate::kube::HandOver`].
+pub(super) enum Handoff {}
+
+impl Step for Handoff {
+    const NAME: &'static str = "handoff";
+    const DEADLINE: Deadline = Deadline::Own(Duration::from_secs(900));
+
+    fn action(_: &Settings) -> String {
+        "hand what the agent applied over to its owners in Git once they have applied it".into()
+    }
+
+    async fn attempt(ctx: &mut Context) -> Result<Outcome, StepFailure> {
+        let bundle = ctx.bundle().await?;
+        let cluster = ctx.cluster().await?;
+        let since = *ctx
+            .handoff_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let h = cluster.hand_over(&bundle, &ctx.settings.flux).await?;
+        let count = |state| h.reports.iter().filter(|r| r.state == state).count();
+        let (released, deleted, kept) = (
+            count(ObjectState::Released),
+            count(ObjectState::Deleted),
+            count(ObjectState::Kept),
+        );
+        let mut parts = Vec::new();
+        if released > 0 {
+            parts.push(format!(
+                "{released} handed over to their owners in Git (the agent owns no field of them)"
+            ));
+        }
+        if deleted > 0 {
+            parts.push(format!(
+                "{deleted} deleted (created by the agent, not in Git)"
+            ));
+        }
+        if h.pending > 0 && since.elapsed() < HANDOFF_PATIENCE {
+            parts.push(format!("waiting for Flux to apply {} more", h.pending));
+            return Ok(Outcome::Pending {
+                message: parts.join("; "),
+                objects: h.reports,
+            });
+        }
+        if kept > 0 {
+            parts.push(format!(
+                "{kept} kept by the agent until their owner in Git applies them (a later run hands them over)"
+            ));
+        }
+        let message = if parts.is_empty() {
+            "nothing left to hand over: Git owns what the agent installed".to_string()
+        } else {
+            parts.join("; ")
+        };
+        Ok(Outcome::Done {
+            message,
+            objects: h.reports,
+        })
+    }
+}
+
 /// Git's other layers as Flux reports them. While the sealed inputs are missing, a layer that
 /// fails to decrypt waits for the operator, like the secrets step.
 async fn layers(cluster: &Cluster, ctx: &Context) -> Result<Vec<ObjectReport>, StepFailure> {

@@ -131,6 +131,7 @@ sequence! {
     kube::Flux,
     kube::Sync,
     kube::Ready,
+    kube::Handoff,
 }
 
 impl StepId {
@@ -391,6 +392,8 @@ pub struct Context {
     bundle: Option<Result<Bundle, BundleError>>,
     /// Set by the secrets step while sealed inputs are missing (this run).
     awaiting: Option<Awaiting>,
+    /// When the hand-over started waiting for Flux to apply what the agent installed.
+    handoff_since: Option<tokio::time::Instant>,
 }
 
 impl Context {
@@ -404,6 +407,7 @@ impl Context {
             cluster: None,
             bundle: bundle.map(Ok),
             awaiting: None,
+            handoff_since: None,
         }
     }
 
@@ -444,7 +448,8 @@ mod tests {
                 "crds",
                 "flux",
                 "sync",
-                "ready"
+                "ready",
+                "handoff"
             ]
         );
         let keys: Vec<String> = StepId::ALL
@@ -454,7 +459,7 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "talosApi", "etcd", "kubeApi", "secrets", "crds", "flux", "ready"
+                "talosApi", "etcd", "kubeApi", "secrets", "crds", "flux", "ready", "handoff"
             ]
         );
         for id in StepId::ALL {

@@ -11,6 +11,7 @@
 //! [`ApiServer::restart_etcd`]). No controllers run: tests play them by writing `/status`.
 
 pub mod audit;
+pub mod kustomize_controller;
 pub mod objects;
 pub mod pki;
 

@@ -156,6 +156,55 @@ impl ApiServer {
         .await
     }
 
+    /// Server-side applies `obj` as `manager`, with force and dry run as asked; the answer as is.
+    pub async fn apply_raw(
+        &self,
+        r: &ObjectRef,
+        obj: &Value,
+        manager: &str,
+        force: bool,
+        dry_run: bool,
+    ) -> (u16, Value) {
+        let mut path = format!("{}?fieldManager={manager}", url(r));
+        if force {
+            path.push_str("&force=true");
+        }
+        if dry_run {
+            path.push_str("&dryRun=All");
+        }
+        self.send(
+            "PATCH",
+            &path,
+            "application/apply-patch+yaml",
+            obj.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    /// A JSON patch (RFC 6902) as `manager`.
+    pub async fn json_patch(&self, r: &ObjectRef, patch: &Value, manager: &str) -> (u16, Value) {
+        let path = format!("{}?fieldManager={manager}", url(r));
+        self.send(
+            "PATCH",
+            &path,
+            "application/json-patch+json",
+            patch.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    /// Deletes the object (background propagation); false when it was not there.
+    pub async fn delete(&self, r: &ObjectRef) -> bool {
+        let body = json!({"propagationPolicy": "Background"})
+            .to_string()
+            .into_bytes();
+        match self.send("DELETE", &url(r), "application/json", body).await {
+            (200 | 202, _) => true,
+            (404, _) => false,
+            (code, v) => panic!("DELETE {}: {code} {v}", url(r)),
+        }
+    }
+
     /// Replaces `obj` (a full object read earlier) as field manager `manager` (an Update).
     pub async fn replace_as(&self, r: &ObjectRef, obj: Value, manager: &str) -> Value {
         let path = format!("{}?fieldManager={manager}", url(r));

@@ -12,7 +12,12 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use crate::envtest::ApiServer;
+use crate::envtest::kustomize_controller::Kustomization;
 use crate::kubeapi::ObjectRef;
+
+/// The revision of Flux's components the simulated OCIRepository fetched.
+pub const COMPONENTS_REVISION: &str =
+    "v2.9.4@sha256:4f2a7c1e9d8b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa998877";
 
 /// The revision the simulated source-controller fetches (branch `main`).
 pub const REVISION: &str = "main@sha1:5f1c0a3e9d8b7c6a5f4e3d2c1b0a998877665544";
@@ -67,6 +72,16 @@ struct Sim {
     /// Git also holds a layer with SOPS-encrypted files (`certificates`), which Flux creates once
     /// flux-system has applied and which decrypts with `flux-system/sops-age`.
     encrypted_layer: bool,
+    /// Flux has applied Git (the takeover below) once.
+    taken_over: bool,
+}
+
+/// What Git holds for Flux to apply: `kubernetes/flux-system` (the sync objects and the
+/// Kustomization of Flux's components) and Flux's components themselves.
+#[derive(Clone, Debug, Default)]
+pub struct Git {
+    pub flux_system: Vec<Value>,
+    pub components: Vec<Value>,
 }
 
 /// The running simulator; stops when dropped.
@@ -128,12 +143,12 @@ fn observed(o: &Value) -> bool {
 
 impl Controllers {
     /// Starts playing the controllers against `api`.
-    pub fn start(api: Arc<ApiServer>, delays: ControllerDelays) -> Controllers {
+    pub fn start(api: Arc<ApiServer>, delays: ControllerDelays, git: Git) -> Controllers {
         let sim = Arc::new(Mutex::new(Sim::default()));
         let s = sim.clone();
         let task = tokio::spawn(async move {
             loop {
-                step(&api, &s, &delays).await;
+                step(&api, &s, &delays, &git).await;
                 tokio::time::sleep(delays.poll).await;
             }
         });
@@ -171,7 +186,7 @@ fn due(sim: &Arc<Mutex<Sim>>, key: String, delay: Duration) -> bool {
     first.elapsed() >= delay
 }
 
-async fn step(api: &ApiServer, sim: &Arc<Mutex<Sim>>, d: &ControllerDelays) {
+async fn step(api: &ApiServer, sim: &Arc<Mutex<Sim>>, d: &ControllerDelays, git: &Git) {
     for dep in api.list("apps", "deployments").await {
         let ns = dep["metadata"]["namespace"].as_str().unwrap_or_default();
         let name = dep["metadata"]["name"].as_str().unwrap_or_default();
@@ -231,6 +246,23 @@ async fn step(api: &ApiServer, sim: &Arc<Mutex<Sim>>, d: &ControllerDelays) {
                 .await;
         }
         None => {
+            // kustomize-controller applies Git: flux-system's path (the sync objects and the
+            // Kustomization of Flux's components), then Flux's components, taking over what the
+            // agent installed as it really does (`envtest::kustomize_controller`).
+            let first = sim.lock().map(|s| !s.taken_over).unwrap_or(false);
+            if first && !git.flux_system.is_empty() {
+                Kustomization::new(api, "flux-system", "flux-system")
+                    .reconcile(&git.flux_system, REVISION)
+                    .await;
+                if !git.components.is_empty() {
+                    Kustomization::new(api, "flux-components", "flux-system")
+                        .reconcile(&git.components, COMPONENTS_REVISION)
+                        .await;
+                }
+                if let Ok(mut s) = sim.lock() {
+                    s.taken_over = true;
+                }
+            }
             api.mark_flux(
                 &kustomization(),
                 "True",

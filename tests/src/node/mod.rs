@@ -42,7 +42,7 @@ use crate::kubeapi::ObjectRef;
 use crate::kubeapi::fixture::{Corpus, compose_bundle};
 use crate::swtpm::{Swtpm, agent_binary};
 use crate::talos::StandIn;
-pub use controllers::{ControllerDelays, Controllers, REVISION};
+pub use controllers::{COMPONENTS_REVISION, ControllerDelays, Controllers, Git, REVISION};
 pub use service::{Exit, Launch, Service, ServiceReport, TALOS_RESTART_INTERVAL};
 pub use spec::{Restart, ServiceSpec, host_path};
 
@@ -103,7 +103,36 @@ pub struct Node {
     work: TempDir,
 }
 
-async fn cluster(options: &NodeOptions, root: &Path) -> (StandIn, Arc<ApiServer>, Controllers) {
+/// What Git holds for the simulated Flux: the sync objects as `kubernetes/flux-system` has them
+/// (the same values the agent applies), the Kustomization of Flux's components, and the
+/// components themselves (the bundle's: one Flux).
+fn git(bundle: &Path) -> Git {
+    let components = bootstrap_agent::bundle::Bundle::load_dir(bundle)
+        .map(|b| b.flux.iter().map(|m| m.object()).collect())
+        .unwrap_or_default();
+    let mut flux_system =
+        bootstrap_agent::kube::FluxSync::new(FLUX_URL, "main", "./kubernetes/flux-system")
+            .objects();
+    flux_system.push(serde_json::json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "OCIRepository",
+        "metadata": {"name": "flux-components", "namespace": "flux-system"},
+        "spec": {"interval": "1h0m0s", "url": "oci://ghcr.io/fluxcd/flux-manifests", "ref": {"tag": "v2.9.4"}}}));
+    flux_system.push(
+        serde_json::json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": "flux-components", "namespace": "flux-system"},
+        "spec": {"interval": "1h0m0s", "path": "./", "prune": true,
+            "sourceRef": {"kind": "OCIRepository", "name": "flux-components"}}}),
+    );
+    Git {
+        flux_system,
+        components,
+    }
+}
+
+async fn cluster(
+    options: &NodeOptions,
+    root: &Path,
+    bundle: &Path,
+) -> (StandIn, Arc<ApiServer>, Controllers) {
     let kube = Arc::new(ApiServer::start().await);
     let talos = StandIn::builder()
         .kubeconfig(&kube.kubeconfig())
@@ -111,7 +140,7 @@ async fn cluster(options: &NodeOptions, root: &Path) -> (StandIn, Arc<ApiServer>
         .root(root)
         .start()
         .await;
-    let controllers = Controllers::start(kube.clone(), options.delays);
+    let controllers = Controllers::start(kube.clone(), options.delays, git(bundle));
     (talos, kube, controllers)
 }
 
@@ -149,7 +178,7 @@ impl Node {
             },
         );
         let work = tempfile::tempdir().expect("work dir");
-        let (talos, kube, controllers) = cluster(&options, root.path()).await;
+        let (talos, kube, controllers) = cluster(&options, root.path(), bundle.path()).await;
         let node = Node {
             tpm,
             talos,
@@ -372,7 +401,8 @@ impl Node {
         if var.exists() {
             std::fs::remove_dir_all(&var).expect("wipe /var");
         }
-        let (talos, kube, controllers) = cluster(&self.options, self.root.path()).await;
+        let (talos, kube, controllers) =
+            cluster(&self.options, self.root.path(), self.bundle.path()).await;
         // Old stand-ins stop serving when dropped.
         self.controllers = controllers;
         self.talos = talos;
