@@ -63,10 +63,11 @@ fn git_components(bundle: &Bundle) -> Vec<Value> {
         .map(Manifest::object)
         .filter(|o| o["metadata"]["name"] != "allow-scraping")
         .map(|mut o| {
-            if o["kind"] == "Deployment" && o["metadata"]["name"] == "source-controller" {
-                if let Some(l) = o["metadata"]["labels"].as_object_mut() {
-                    l.remove("app.kubernetes.io/part-of");
-                }
+            if o["kind"] == "Deployment"
+                && o["metadata"]["name"] == "source-controller"
+                && let Some(l) = o["metadata"]["labels"].as_object_mut()
+            {
+                l.remove("app.kubernetes.io/part-of");
             }
             o
         })
