@@ -1,18 +1,24 @@
 //! The stand-in answers as the real API server does: the requests the agent makes (readiness,
-//! server-side apply, metadata lists, reads of missing objects, conflicts, Secrets, status
-//! writes, the CRD watch) are sent to both, and the shapes of the answers are compared: status
-//! codes, which fields are present, explicit `null`s, the kinds and reasons of errors, and the
-//! sequence of watch events for a CRD from creation to Established. Values that differ by
-//! nature (uids, timestamps, resourceVersions) are compared by type only.
+//! server-side apply of the whole bundle and of the Flux sync objects, metadata lists, reads of
+//! missing objects and unserved types, conflicts, Secrets, status writes, the CRD watch,
+//! watches resumed from an older resourceVersion) are sent to both, and the answers are
+//! compared: status codes, which fields are present, explicit `null`s, the kinds, reasons and
+//! messages of errors, the exact `managedFields` each write leaves (FieldsV1 holds only keys),
+//! generation, and the sequences of watch events. Values that differ by nature (uids,
+//! timestamps, resourceVersions) are compared by type only. Last, the stand-in's schema
+//! fragments for the built-in kinds are compared with the OpenAPI the real server serves.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bootstrap_agent::bundle::Bundle;
+use bootstrap_agent::kube::FluxSync;
 use bootstrap_agent_tests::envtest::ApiServer;
 use bootstrap_agent_tests::kubeapi::KubeApi;
-use bootstrap_agent_tests::kubeapi::fixture::upstream;
+use bootstrap_agent_tests::kubeapi::fixture::{Corpus, compose_bundle, upstream};
+use bootstrap_agent_tests::kubeapi::schema;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -38,7 +44,13 @@ impl Side {
         }
     }
 
-    async fn send(&self, method: &str, path: &str, content_type: &str, body: &Value) -> (u16, Value) {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &Value,
+    ) -> (u16, Value) {
         let bytes = if body.is_null() {
             Vec::new()
         } else {
@@ -67,7 +79,12 @@ impl Side {
     }
 
     /// Watch lines until `stop` holds for an event or `within` passes.
-    async fn watch(&self, path: &str, within: Duration, stop: impl Fn(&Value) -> bool) -> Vec<Value> {
+    async fn watch(
+        &self,
+        path: &str,
+        within: Duration,
+        stop: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         let req = http::Request::get(path).body(Vec::new()).unwrap();
         let stream = self
             .client
@@ -150,7 +167,10 @@ fn condition(event: &Value, t: &str) -> Option<String> {
 /// `status.conditions` is null, NamesAccepted, Established), consecutive duplicates dropped.
 fn crd_story(events: &[Value], name: &str) -> Value {
     let mut out: Vec<Value> = Vec::new();
-    for e in events.iter().filter(|e| e["object"]["metadata"]["name"] == name) {
+    for e in events
+        .iter()
+        .filter(|e| e["object"]["metadata"]["name"] == name)
+    {
         let step = json!([
             e["type"],
             e["object"]["status"]["conditions"].is_null(),
@@ -164,14 +184,14 @@ fn crd_story(events: &[Value], name: &str) -> Value {
     Value::Array(out)
 }
 
-async fn run(side: &Side) -> BTreeMap<&'static str, Value> {
-    let mut out = BTreeMap::new();
+async fn run(side: &Side, bundle: &Bundle) -> BTreeMap<String, Value> {
+    let mut out: BTreeMap<String, Value> = BTreeMap::new();
     let apply = "application/apply-patch+yaml";
     let merge = "application/merge-patch+json";
     let json_ct = "application/json";
 
     let (code, body) = side.send("GET", "/readyz", json_ct, &Value::Null).await;
-    out.insert("readyz", json!([code, body]));
+    out.insert("readyz".into(), json!([code, body]));
 
     // Server-side apply creates, then the same apply changes nothing.
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system",
@@ -180,13 +200,20 @@ async fn run(side: &Side) -> BTreeMap<&'static str, Value> {
     let path = "/api/v1/namespaces/flux-system?fieldManager=bootstrap-agent";
     let (code, created) = side.send("PATCH", path, apply, &ns).await;
     out.insert(
-        "apply create Namespace",
-        json!([code, shape(&created["metadata"]), created["metadata"]["managedFields"][0]["operation"]]),
+        "apply create Namespace".into(),
+        json!([
+            code,
+            shape(&created["metadata"]),
+            created["metadata"]["managedFields"][0]["operation"]
+        ]),
     );
     let (code, again) = side.send("PATCH", path, apply, &ns).await;
     out.insert(
-        "apply unchanged Namespace",
-        json!([code, again["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]]),
+        "apply unchanged Namespace".into(),
+        json!([
+            code,
+            again["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
+        ]),
     );
 
     // A metadata list, as the agent lists what exists.
@@ -206,15 +233,34 @@ async fn run(side: &Side) -> BTreeMap<&'static str, Value> {
         .cloned()
         .unwrap_or(Value::Null);
     out.insert(
-        "metadata list",
-        json!([list["kind"], list["apiVersion"], shape(&list["metadata"]), item["kind"], shape(&item["metadata"])]),
+        "metadata list".into(),
+        json!([
+            list["kind"],
+            list["apiVersion"],
+            shape(&list["metadata"]),
+            item["kind"],
+            shape(&item["metadata"])
+        ]),
     );
 
     // A missing object, and a type that is not served.
     let (code, missing) = side
-        .send("GET", "/api/v1/namespaces/flux-system/secrets/sops-age", json_ct, &Value::Null)
+        .send(
+            "GET",
+            "/api/v1/namespaces/flux-system/secrets/sops-age",
+            json_ct,
+            &Value::Null,
+        )
         .await;
-    out.insert("get missing", json!([code, shape(&missing), missing["reason"], missing["details"]["kind"]]));
+    out.insert(
+        "get missing".into(),
+        json!([
+            code,
+            shape(&missing),
+            missing["reason"],
+            missing["details"]["kind"]
+        ]),
+    );
     let (code, unserved) = side
         .send(
             "GET",
@@ -223,7 +269,10 @@ async fn run(side: &Side) -> BTreeMap<&'static str, Value> {
             &Value::Null,
         )
         .await;
-    out.insert("list unserved type", json!([code, unserved["reason"]]));
+    out.insert(
+        "list unserved type".into(),
+        json!([code, unserved["reason"]]),
+    );
 
     // A Secret created with a field manager, read back.
     let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -236,8 +285,11 @@ async fn run(side: &Side) -> BTreeMap<&'static str, Value> {
             &secret,
         )
         .await;
-    out.insert("create Secret", json!([code, s["type"], shape(&s["data"]), s["metadata"]["managedFields"][0]["operation"]]));
-    let (code, _) = side
+    out.insert(
+        "create Secret".into(),
+        json!([code, s["type"], shape(&s["data"]), managed(&s)]),
+    );
+    let (code, again) = side
         .send(
             "POST",
             "/api/v1/namespaces/flux-system/secrets?fieldManager=bootstrap-agent",
@@ -245,12 +297,26 @@ async fn run(side: &Side) -> BTreeMap<&'static str, Value> {
             &secret,
         )
         .await;
-    out.insert("create Secret again", json!(code));
+    out.insert("create Secret again".into(), json!([code, again]));
+    let mut elsewhere = secret.clone();
+    elsewhere["metadata"]["namespace"] = json!("nowhere");
+    let (code, missing_ns) = side
+        .send(
+            "POST",
+            "/api/v1/namespaces/nowhere/secrets?fieldManager=bootstrap-agent",
+            json_ct,
+            &elsewhere,
+        )
+        .await;
+    out.insert(
+        "create in a missing namespace".into(),
+        json!([code, missing_ns]),
+    );
 
     // A conflict: another manager owns a field the agent sets to another value.
     let svc = |target: Value| {
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "source-controller", "namespace": "flux-system"},
-            "spec": {"type": "ClusterIP", "selector": {"app": "source-controller"},
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "conflict-demo", "namespace": "flux-system"},
+            "spec": {"type": "ClusterIP", "selector": {"app": "conflict-demo"},
                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": target}]}})
     };
     let (code, _) = side
@@ -261,11 +327,11 @@ async fn run(side: &Side) -> BTreeMap<&'static str, Value> {
             &svc(json!(9090)),
         )
         .await;
-    out.insert("create Service", json!(code));
+    out.insert("create Service".into(), json!(code));
     let (code, conflict) = side
         .send(
             "PATCH",
-            "/api/v1/namespaces/flux-system/services/source-controller?fieldManager=bootstrap-agent",
+            "/api/v1/namespaces/flux-system/services/conflict-demo?fieldManager=bootstrap-agent",
             apply,
             &svc(json!("http")),
         )
@@ -277,8 +343,14 @@ async fn run(side: &Side) -> BTreeMap<&'static str, Value> {
         .map(|c| json!([c["reason"], c["field"]]))
         .collect();
     out.insert(
-        "apply conflict",
-        json!([code, conflict["reason"], shape(&conflict), causes, conflict["message"].as_str().unwrap_or_default().contains("kubectl-edit")]),
+        "apply conflict".into(),
+        json!([
+            code,
+            conflict["reason"],
+            shape(&conflict),
+            causes,
+            conflict["message"]
+        ]),
     );
     // Another port is another entry of the list (keyed by port and protocol): no conflict, but
     // two ports named `http` are invalid.
@@ -287,12 +359,12 @@ async fn run(side: &Side) -> BTreeMap<&'static str, Value> {
     let (code, invalid) = side
         .send(
             "PATCH",
-            "/api/v1/namespaces/flux-system/services/source-controller?fieldManager=bootstrap-agent",
+            "/api/v1/namespaces/flux-system/services/conflict-demo?fieldManager=bootstrap-agent",
             apply,
             &other,
         )
         .await;
-    out.insert("apply another port", json!([code, invalid["reason"]]));
+    out.insert("apply another port".into(), json!([code, invalid]));
 
     // A CRD from creation to Established, as the agent's watch sees it.
     let (code, list) = side
@@ -304,14 +376,18 @@ async fn run(side: &Side) -> BTreeMap<&'static str, Value> {
         )
         .await;
     assert_eq!(code, 200);
-    let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let name = "issuers.cert-manager.io";
-    let watch_path = format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions?watch=true&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=20");
-    let watch = side.watch(
-        &watch_path,
-        Duration::from_secs(20),
-        |e| e["object"]["metadata"]["name"] == name && condition(e, "Established").as_deref() == Some("True"),
+    let watch_path = format!(
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions?watch=true&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=20"
     );
+    let watch = side.watch(&watch_path, Duration::from_secs(20), |e| {
+        e["object"]["metadata"]["name"] == name
+            && condition(e, "Established").as_deref() == Some("True")
+    });
     let create = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         side.send(
@@ -323,10 +399,22 @@ async fn run(side: &Side) -> BTreeMap<&'static str, Value> {
         .await
     };
     let (events, (code, _)) = tokio::join!(watch, create);
-    out.insert("apply create CRD", json!(code));
-    out.insert("CRD watch story", crd_story(&events, name));
-    let first = events.iter().find(|e| e["object"]["metadata"]["name"] == name).cloned().unwrap_or(Value::Null);
-    out.insert("CRD first event status", shape(&first["object"]["status"]));
+    out.insert("apply create CRD".into(), json!(code));
+    out.insert("CRD watch story".into(), crd_story(&events, name));
+    let first = events
+        .iter()
+        .find(|e| e["object"]["metadata"]["name"] == name)
+        .cloned()
+        .unwrap_or(Value::Null);
+    out.insert(
+        "CRD first event status".into(),
+        shape(&first["object"]["status"]),
+    );
+    let last = events.last().cloned().unwrap_or(Value::Null);
+    out.insert(
+        "CRD established".into(),
+        json!([shape(&last["object"]["status"]), managed(&last["object"])]),
+    );
 
     // A watch from a resourceVersion the server no longer has.
     let old = side
@@ -337,7 +425,14 @@ async fn run(side: &Side) -> BTreeMap<&'static str, Value> {
         )
         .await;
     let first = old.first().cloned().unwrap_or(Value::Null);
-    out.insert("watch too old", json!([first["type"], first["object"]["code"], first["object"]["reason"]]));
+    out.insert(
+        "watch too old".into(),
+        json!([
+            first["type"],
+            first["object"]["code"],
+            first["object"]["reason"]
+        ]),
+    );
 
     // A controller writes status; readers see it.
     let cr = json!({"apiVersion": "cert-manager.io/v1", "kind": "Issuer",
@@ -350,7 +445,10 @@ async fn run(side: &Side) -> BTreeMap<&'static str, Value> {
             &cr,
         )
         .await;
-    out.insert("create custom resource", json!([code, created["metadata"]["generation"]]));
+    out.insert(
+        "create custom resource".into(),
+        json!([code, created["metadata"]["generation"]]),
+    );
     let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "IsReady",
         "message": "ok", "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]}});
     let (code, patched) = side
@@ -362,10 +460,285 @@ async fn run(side: &Side) -> BTreeMap<&'static str, Value> {
         )
         .await;
     out.insert(
-        "status write",
-        json!([code, patched["metadata"]["generation"], shape(&patched["status"])]),
+        "status write".into(),
+        json!([
+            code,
+            patched["metadata"]["generation"],
+            shape(&patched["status"]),
+            managed(&patched)
+        ]),
     );
+
+    // A custom resource's watch cache starts at its first request: a watch from before that
+    // is told the version is gone.
+    let gone = side
+        .watch(
+            "/apis/cert-manager.io/v1/issuers?watch=true&resourceVersion=1&timeoutSeconds=5",
+            Duration::from_secs(5),
+            |_| true,
+        )
+        .await;
+    let first = gone.first().cloned().unwrap_or(Value::Null);
+    let message = first["object"]["message"].as_str().unwrap_or_default();
+    out.insert(
+        "watch before the cache".into(),
+        json!([
+            first["type"],
+            shape(&first["object"]),
+            first["object"]["code"],
+            first["object"]["reason"],
+            message.starts_with("too old resource version: 1 (")
+        ]),
+    );
+
+    // A watch resumed from an older resourceVersion replays what happened since, as it
+    // happened.
+    out.insert("watch replay".into(), replay(side).await);
+
+    // Paths the server does not serve.
+    for path in [
+        "/apis/cert-manager.io/v2/issuers",
+        "/apis/cert-manager.io/v1/foos",
+        "/apis/cert-manager.io/v1/issuers/selfsigned",
+        "/apis/cert-manager.io/v1/namespaces/flux-system/issuers/selfsigned/scale",
+        "/apis/nothing.example.com/v1",
+        "/apis/nothing.example.com/v1/things",
+        "/apis/apps/v2/deployments",
+        "/apis/apps/v1/foos",
+        "/apis/apps/v1/deployments/x",
+        "/api/v2/pods",
+        "/api/v1/foos",
+        "/api/v1/namespaces/flux-system/secrets/sops-age/status",
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/nothing.example.com",
+        "/healthz/nothing",
+    ] {
+        let (code, body) = side.send("GET", path, json_ct, &Value::Null).await;
+        out.insert(format!("GET {path}"), json!([code, body]));
+    }
+    let (code, group) = side.send("GET", "/apis/apps", json_ct, &Value::Null).await;
+    out.insert(
+        "GET /apis/apps".into(),
+        json!([code, group["kind"], group["name"]]),
+    );
+
+    apply_bundle(side, bundle, &mut out).await;
     out
+}
+
+/// The managedFields entries, timestamps by type only.
+fn managed(obj: &Value) -> Value {
+    let entries: Vec<Value> = obj["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let mut e = e.clone();
+            e["time"] = shape(&e["time"]);
+            e
+        })
+        .collect();
+    Value::Array(entries)
+}
+
+/// Creates two ConfigMaps, changes one, deletes the other, then watches from before.
+async fn replay(side: &Side) -> Value {
+    let base = "/api/v1/namespaces/flux-system/configmaps";
+    let (_, list) = side
+        .send("GET", base, "application/json", &Value::Null)
+        .await;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cm = |name: &str, v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "flux-system"}, "data": {"k": v}});
+    for (name, v) in [("replay-a", "1"), ("replay-b", "1")] {
+        side.send(
+            "POST",
+            &format!("{base}?fieldManager=test"),
+            "application/json",
+            &cm(name, v),
+        )
+        .await;
+    }
+    side.send(
+        "PATCH",
+        &format!("{base}/replay-b"),
+        "application/merge-patch+json",
+        &json!({"data": {"k": "2"}}),
+    )
+    .await;
+    side.send(
+        "DELETE",
+        &format!("{base}/replay-a"),
+        "application/json",
+        &Value::Null,
+    )
+    .await;
+    let events = side
+        .watch(
+            &format!("{base}?watch=true&resourceVersion={rv}&timeoutSeconds=5"),
+            Duration::from_secs(5),
+            |e| e["type"] == "DELETED",
+        )
+        .await;
+    events
+        .iter()
+        .map(|e| {
+            json!([
+                e["type"],
+                e["object"]["metadata"]["name"],
+                e["object"]["data"]
+            ])
+        })
+        .collect()
+}
+
+fn plural(kind: &str) -> String {
+    match kind {
+        "NetworkPolicy" => "networkpolicies".into(),
+        "Kustomization" => "kustomizations".into(),
+        "GitRepository" => "gitrepositories".into(),
+        "CustomResourceDefinition" => "customresourcedefinitions".into(),
+        k => format!("{}s", k.to_lowercase()),
+    }
+}
+
+/// Where an object is applied.
+fn object_path(obj: &Value) -> String {
+    let api_version = obj["apiVersion"].as_str().unwrap();
+    let prefix = if api_version.contains('/') {
+        format!("/apis/{api_version}")
+    } else {
+        format!("/api/{api_version}")
+    };
+    let ns = match obj["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("/namespaces/{ns}"),
+        None => String::new(),
+    };
+    format!(
+        "{prefix}{ns}/{}/{}",
+        plural(obj["kind"].as_str().unwrap()),
+        obj["metadata"]["name"].as_str().unwrap()
+    )
+}
+
+/// Server-side applies `obj` as the agent does (its label and digest annotation added, forced),
+/// and records what the server keeps: the agent's FieldsV1, who else manages the object, the
+/// generation and the labels.
+async fn apply_as_agent(
+    side: &Side,
+    what: &str,
+    mut obj: Value,
+    digest: &str,
+    out: &mut BTreeMap<String, Value>,
+) {
+    if !obj["metadata"]["labels"].is_object() {
+        obj["metadata"]["labels"] = json!({});
+    }
+    obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!("bootstrap-agent");
+    if !obj["metadata"]["annotations"].is_object() {
+        obj["metadata"]["annotations"] = json!({});
+    }
+    obj["metadata"]["annotations"]["bootstrap-agent.io/applied-digest"] = json!(digest);
+    let path = object_path(&obj);
+    let (code, stored) = side
+        .send(
+            "PATCH",
+            &format!("{path}?fieldManager=bootstrap-agent&force=true"),
+            "application/apply-patch+yaml",
+            &obj,
+        )
+        .await;
+    let labels: Vec<&String> = stored["metadata"]["labels"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    out.insert(
+        format!("{what} {path}"),
+        json!([
+            code,
+            managed(&stored),
+            stored["metadata"]["generation"],
+            labels
+        ]),
+    );
+}
+
+async fn established(side: &Side, name: &str) {
+    let path = format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}");
+    for _ in 0..200 {
+        let (_, crd) = side
+            .send("GET", &path, "application/json", &Value::Null)
+            .await;
+        let ok = crd["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Established" && c["status"] == "True");
+        if ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{}: {name} never Established", side.name);
+}
+
+/// The whole bundle as the agent applies it (namespaces, then CRDs, then the rest), the Flux
+/// sync objects once their CRDs are Established, then a changed Deployment.
+async fn apply_bundle(side: &Side, bundle: &Bundle, out: &mut BTreeMap<String, Value>) {
+    let mut manifests: Vec<_> = bundle.crds.iter().chain(bundle.flux.iter()).collect();
+    manifests.sort_by_key(|m| match m.kind.as_str() {
+        "Namespace" => 0,
+        "CustomResourceDefinition" => 1,
+        _ => 2,
+    });
+    for m in &manifests {
+        apply_as_agent(side, "apply", m.object(), &m.digest(), out).await;
+    }
+    for crd in [
+        "gitrepositories.source.toolkit.fluxcd.io",
+        "kustomizations.kustomize.toolkit.fluxcd.io",
+    ] {
+        established(side, crd).await;
+    }
+    let sync = FluxSync::new(
+        "https://git.example.com/homelab.git",
+        "main",
+        "./kubernetes/flux",
+    );
+    for obj in sync.objects() {
+        apply_as_agent(side, "apply", obj, "sync", out).await;
+    }
+    // A new bundle drops an environment variable and a port: the agent's apply prunes them,
+    // and the new annotation moves the Deployment's generation.
+    let m = manifests
+        .iter()
+        .find(|m| m.kind == "Deployment" && m.name == "source-controller")
+        .unwrap();
+    let mut d = m.object();
+    let c = &mut d["spec"]["template"]["spec"]["containers"][0];
+    c["env"].as_array_mut().unwrap().pop();
+    c["ports"].as_array_mut().unwrap().pop();
+    apply_as_agent(side, "apply changed", d, "next", out).await;
+    let (_, live) = side
+        .send(
+            "GET",
+            "/apis/apps/v1/namespaces/flux-system/deployments/source-controller",
+            "application/json",
+            &Value::Null,
+        )
+        .await;
+    let c = &live["spec"]["template"]["spec"]["containers"][0];
+    let env: Vec<&Value> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["name"])
+        .collect();
+    out.insert(
+        "changed Deployment".into(),
+        json!([live["metadata"]["generation"], c["ports"], env]),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,8 +747,11 @@ async fn the_standin_answers_the_agents_requests_as_kube_apiserver_does() {
     let standin = KubeApi::start().await.unwrap();
     let real_side = Side::new("kube-apiserver", &real.kubeconfig()).await;
     let standin_side = Side::new("stand-in", &standin.kubeconfig()).await;
-    let real_answers = run(&real_side).await;
-    let standin_answers = run(&standin_side).await;
+    let dir = tempfile::tempdir().unwrap();
+    compose_bundle(dir.path(), Corpus { gateway_api: false });
+    let bundle = Bundle::load_dir(dir.path()).unwrap();
+    let real_answers = run(&real_side, &bundle).await;
+    let standin_answers = run(&standin_side, &bundle).await;
     let mut diff = Diff::default();
     for (what, real) in &real_answers {
         diff.same(
@@ -384,5 +760,69 @@ async fn the_standin_answers_the_agents_requests_as_kube_apiserver_does() {
             real.clone(),
         );
     }
+    openapi(&real_side, &mut diff).await;
     diff.check();
+}
+
+/// The stand-in's schema fragments say what the real server's OpenAPI says about every
+/// built-in kind it serves: associative lists and their keys (with defaults), sets, atomic
+/// objects.
+async fn openapi(real: &Side, diff: &mut Diff) {
+    let mut schemas = serde_json::Map::new();
+    for gv in [
+        "api/v1",
+        "apis/apps/v1",
+        "apis/rbac.authorization.k8s.io/v1",
+        "apis/networking.k8s.io/v1",
+        "apis/apiextensions.k8s.io/v1",
+    ] {
+        let (code, doc) = real
+            .send(
+                "GET",
+                &format!("/openapi/v3/{gv}"),
+                "application/json",
+                &Value::Null,
+            )
+            .await;
+        assert_eq!(code, 200, "/openapi/v3/{gv}");
+        if let Some(m) = doc["components"]["schemas"].as_object() {
+            schemas.extend(m.clone());
+        }
+    }
+    let resolve = |r: &str| schemas.get(r.rsplit('/').next().unwrap_or(r));
+    for (kind, def) in [
+        (
+            "ObjectMeta",
+            "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        ),
+        ("Namespace", "io.k8s.api.core.v1.Namespace"),
+        ("Secret", "io.k8s.api.core.v1.Secret"),
+        ("ConfigMap", "io.k8s.api.core.v1.ConfigMap"),
+        ("Service", "io.k8s.api.core.v1.Service"),
+        ("ServiceAccount", "io.k8s.api.core.v1.ServiceAccount"),
+        ("ResourceQuota", "io.k8s.api.core.v1.ResourceQuota"),
+        ("Pod", "io.k8s.api.core.v1.Pod"),
+        ("Deployment", "io.k8s.api.apps.v1.Deployment"),
+        ("ClusterRole", "io.k8s.api.rbac.v1.ClusterRole"),
+        (
+            "ClusterRoleBinding",
+            "io.k8s.api.rbac.v1.ClusterRoleBinding",
+        ),
+        ("Role", "io.k8s.api.rbac.v1.Role"),
+        ("RoleBinding", "io.k8s.api.rbac.v1.RoleBinding"),
+        ("NetworkPolicy", "io.k8s.api.networking.v1.NetworkPolicy"),
+        (
+            "CustomResourceDefinition",
+            "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition",
+        ),
+    ] {
+        let root = schemas
+            .get(def)
+            .unwrap_or_else(|| panic!("{def} is not in the OpenAPI"));
+        diff.same(
+            &format!("OpenAPI annotations of {kind}"),
+            json!(schema::describe_builtin(kind)),
+            json!(schema::describe(root, &resolve)),
+        );
+    }
 }
