@@ -117,6 +117,7 @@ impl Shared {
             namespaced: !r.namespace.is_empty(),
             status_subresource: false,
             short_names: Vec::new(),
+            categories: Vec::new(),
             generation: resources::Generation::AllButMetadata,
             custom: true,
         })

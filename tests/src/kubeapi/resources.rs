@@ -29,6 +29,8 @@ pub struct ResourceType {
     pub namespaced: bool,
     pub status_subresource: bool,
     pub short_names: Vec<String>,
+    /// Discovery categories (`all` for Services, Pods and Deployments).
+    pub categories: Vec<String>,
     pub generation: Generation,
     /// Served for a CustomResourceDefinition.
     pub custom: bool,
@@ -233,6 +235,11 @@ pub fn builtins() -> Vec<ResourceType> {
             namespaced: *n,
             status_subresource: *s,
             short_names: short_names(k).iter().map(|n| n.to_string()).collect(),
+            categories: match *k {
+                "Service" | "Pod" | "Deployment" => vec!["all".to_string()],
+                "CustomResourceDefinition" => vec!["api-extensions".to_string()],
+                _ => Vec::new(),
+            },
             generation: *generation,
             custom: false,
         })
@@ -267,6 +274,14 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    categories: spec["names"]["categories"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|s| s.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                     generation: Generation::AllButMetadata,
                     custom: true,
                 })
@@ -275,25 +290,72 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
         .unwrap_or_default()
 }
 
-const VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
+impl ResourceType {
+    /// The verbs discovery lists: the built-in order, or the order the CRD handler uses;
+    /// Namespaces cannot be deleted as a collection.
+    fn verbs(&self) -> Vec<&'static str> {
+        if self.custom {
+            return vec![
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "create",
+                "update",
+                "watch",
+            ];
+        }
+        let all = [
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ];
+        all.into_iter()
+            .filter(|v| !(self.kind == "Namespace" && *v == "deletecollection"))
+            .collect()
+    }
+
+    /// Short names and categories, each only when there are any.
+    fn names_into(&self, entry: &mut Value) {
+        if !self.short_names.is_empty() {
+            entry["shortNames"] = json!(self.short_names);
+        }
+        if !self.categories.is_empty() {
+            entry["categories"] = json!(self.categories);
+        }
+    }
+
+    /// Identifies the storage version, as `storageVersionHash` does (8 bytes of a SHA-256,
+    /// base64).
+    fn storage_version_hash(&self) -> String {
+        use base64::Engine;
+        let digest = bootstrap_agent::bundle::sha256_hex(
+            format!("{}/{}/{}", self.group, self.version, self.kind).as_bytes(),
+        );
+        let bytes: Vec<u8> = (0..8)
+            .filter_map(|i| u8::from_str_radix(digest.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+}
 
 /// `APIResourceList` for one group/version (legacy discovery).
 pub fn resource_list(group_version: &str, types: &[&ResourceType]) -> Value {
     let mut resources = Vec::new();
     for t in types {
-        resources.push(json!({
+        let mut entry = json!({
             "name": t.plural, "singularName": t.singular(), "namespaced": t.namespaced,
-            "kind": t.kind, "verbs": VERBS, "shortNames": t.short_names,
-        }));
+            "kind": t.kind, "verbs": t.verbs(),
+        });
+        t.names_into(&mut entry);
+        entry["storageVersionHash"] = json!(t.storage_version_hash());
+        resources.push(entry);
         if t.status_subresource {
             resources.push(json!({
                 "name": format!("{}/status", t.plural), "singularName": "", "namespaced": t.namespaced,
@@ -364,18 +426,24 @@ pub fn aggregated(types: &[ResourceType], legacy: bool) -> Value {
                         .iter()
                         .filter(|t| t.group == g && &t.version == v)
                         .map(|t| {
+                            // Built-in kinds leave the response kind's group and version empty.
+                            let kind = if t.custom {
+                                json!({"group": t.group, "version": t.version, "kind": t.kind})
+                            } else {
+                                json!({"group": "", "version": "", "kind": t.kind})
+                            };
                             let mut r = json!({
                                 "resource": t.plural,
-                                "responseKind": {"group": t.group, "version": t.version, "kind": t.kind},
+                                "responseKind": kind,
                                 "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
                                 "singularResource": t.singular(),
-                                "verbs": VERBS,
-                                "shortNames": t.short_names,
+                                "verbs": t.verbs(),
                             });
+                            t.names_into(&mut r);
                             if t.status_subresource {
                                 r["subresources"] = json!([{
                                     "subresource": "status",
-                                    "responseKind": {"group": t.group, "version": t.version, "kind": t.kind},
+                                    "responseKind": kind,
                                     "verbs": ["get", "patch", "update"],
                                 }]);
                             }
@@ -385,7 +453,12 @@ pub fn aggregated(types: &[ResourceType], legacy: bool) -> Value {
                     json!({"version": v, "resources": resources, "freshness": "Current"})
                 })
                 .collect();
-            json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
+            let metadata = if g.is_empty() {
+                json!({})
+            } else {
+                json!({"name": g})
+            };
+            json!({"metadata": metadata, "versions": versions})
         })
         .collect();
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})

@@ -523,6 +523,10 @@ async fn resource(
                 s.objects.get(&key).cloned()
             });
             match obj {
+                Some(o) if wants_metadata(accept, "PartialObjectMetadata") => ok(&json!({
+                    "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                    "metadata": o["metadata"],
+                })),
                 Some(o) => ok(&with_version(o, &t)),
                 None => not_found(&t, &name),
             }
@@ -859,6 +863,14 @@ fn matches(obj: &Value, query: &Query) -> bool {
     true
 }
 
+/// Whether the first media type accepted asks for metadata only (`as=<what>`).
+fn wants_metadata(accept: &str, what: &str) -> bool {
+    accept.split(',').next().is_some_and(|a| {
+        a.split(';')
+            .any(|p| p.trim().strip_prefix("as=") == Some(what))
+    })
+}
+
 fn in_scope(key: &Key, t: &ResourceType, namespace: &Option<String>) -> bool {
     key.group == t.group
         && key.plural == t.plural
@@ -876,10 +888,7 @@ fn list(
         return internal("store lock poisoned");
     };
     s.touch(t);
-    let metadata_only = accept
-        .split(',')
-        .next()
-        .is_some_and(|a| a.contains("as=PartialObjectMetadataList"));
+    let metadata_only = wants_metadata(accept, "PartialObjectMetadataList");
     let items: Vec<Value> = s
         .objects
         .iter()
@@ -895,9 +904,7 @@ fn list(
     let rv = s.rv.to_string();
     drop(s);
     if metadata_only {
-        respond(
-            StatusCode::OK,
-            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+        ok(
             &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv}, "items": items}),
         )
     } else {
