@@ -78,6 +78,35 @@ impl Side {
         (code, v)
     }
 
+    /// A GET with its own Accept header: the status code, the content type and the body.
+    async fn get(&self, path: &str, accept: &str) -> (u16, String, Value) {
+        let req = http::Request::get(path)
+            .header("accept", accept)
+            .body(kube::client::Body::from(Vec::new()))
+            .unwrap();
+        let resp = self
+            .client
+            .send(req)
+            .await
+            .unwrap_or_else(|e| panic!("{}: GET {path}: {e}", self.name));
+        let code = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (
+            code,
+            ct,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
     /// Watch lines until `stop` holds for an event or `within` passes.
     async fn watch(
         &self,
@@ -216,15 +245,11 @@ async fn run(side: &Side, bundle: &Bundle) -> BTreeMap<String, Value> {
         ]),
     );
 
-    // A metadata list, as the agent lists what exists.
-    let req = http::Request::get("/api/v1/namespaces")
-        .header(
-            "accept",
-            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
-        )
-        .body(Vec::new())
-        .unwrap();
-    let list: Value = side.client.request(req).await.unwrap();
+    // A metadata list, as the agent lists what exists, and one object's metadata, as it
+    // looks for a namespace.
+    let metadata =
+        "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+    let (code, ct, list) = side.get("/api/v1/namespaces", metadata).await;
     let item = list["items"]
         .as_array()
         .unwrap()
@@ -235,6 +260,8 @@ async fn run(side: &Side, bundle: &Bundle) -> BTreeMap<String, Value> {
     out.insert(
         "metadata list".into(),
         json!([
+            code,
+            ct,
             list["kind"],
             list["apiVersion"],
             shape(&list["metadata"]),
@@ -242,6 +269,13 @@ async fn run(side: &Side, bundle: &Bundle) -> BTreeMap<String, Value> {
             shape(&item["metadata"])
         ]),
     );
+    let (code, ct, one) = side
+        .get(
+            "/api/v1/namespaces/flux-system",
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json",
+        )
+        .await;
+    out.insert("metadata get".into(), json!([code, ct, shape(&one)]));
 
     // A missing object, and a type that is not served.
     let (code, missing) = side
@@ -540,6 +574,84 @@ fn managed(obj: &Value) -> Value {
     Value::Array(entries)
 }
 
+/// The discovery entries a client resolving a kind reads: a group/version's resource list
+/// (what kube-rs asks for a kind it does not know) and aggregated discovery (what kubectl asks).
+async fn discovery(side: &Side, out: &mut BTreeMap<String, Value>) {
+    let hashless = |mut r: Value| {
+        if let Some(h) = r.get("storageVersionHash") {
+            r["storageVersionHash"] = shape(h);
+        }
+        r
+    };
+    for (path, names) in [
+        (
+            "/api/v1",
+            &["secrets", "namespaces", "namespaces/status", "services"][..],
+        ),
+        ("/apis/apps/v1", &["deployments"][..]),
+        (
+            "/apis/source.toolkit.fluxcd.io/v1",
+            &["gitrepositories", "gitrepositories/status"][..],
+        ),
+    ] {
+        let (code, ct, list) = side.get(path, "application/json").await;
+        for name in names {
+            let entry = list["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["name"] == *name)
+                .cloned()
+                .unwrap_or(Value::Null);
+            out.insert(
+                format!("discovery {path} {name}"),
+                json!([
+                    code,
+                    ct,
+                    list["kind"],
+                    list["groupVersion"],
+                    hashless(entry)
+                ]),
+            );
+        }
+    }
+    let aggregated =
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
+    for (path, group, resource) in [
+        ("/api", "", "secrets"),
+        ("/apis", "apiextensions.k8s.io", "customresourcedefinitions"),
+        ("/apis", "source.toolkit.fluxcd.io", "gitrepositories"),
+    ] {
+        let (code, ct, list) = side.get(path, aggregated).await;
+        let item = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["metadata"]["name"].as_str().unwrap_or_default() == group)
+            .cloned()
+            .unwrap_or(Value::Null);
+        let version = &item["versions"][0];
+        let entry = version["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["resource"] == resource)
+            .cloned()
+            .unwrap_or(Value::Null);
+        out.insert(
+            format!("aggregated discovery {path} {resource}"),
+            json!([
+                code,
+                ct,
+                list["kind"],
+                item["metadata"],
+                version["freshness"],
+                entry
+            ]),
+        );
+    }
+}
+
 /// Creates two ConfigMaps, changes one, deletes the other, then watches from before.
 async fn replay(side: &Side) -> Value {
     let base = "/api/v1/namespaces/flux-system/configmaps";
@@ -701,6 +813,7 @@ async fn apply_bundle(side: &Side, bundle: &Bundle, out: &mut BTreeMap<String, V
     ] {
         established(side, crd).await;
     }
+    discovery(side, out).await;
     let sync = FluxSync::new(
         "https://git.example.com/homelab.git",
         "main",
