@@ -957,13 +957,14 @@ fn watch(
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(1800);
     let send_initial = query.flag("sendInitialEvents");
+    let bookmarks = query.flag("allowWatchBookmarks");
     let since: Option<u64> = query
         .get("resourceVersion")
         .and_then(|s| s.parse().ok())
         .filter(|v| *v > 0);
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
     let selector = Query(query.0.clone());
-    let (mut events, initial, rv) = {
+    let (mut events, initial, rv, from_now) = {
         let Ok(mut s) = shared.state.lock() else {
             return internal("store lock poisoned");
         };
@@ -978,7 +979,7 @@ fn watch(
                             .into_iter()
                             .map(|e| (e.kind, (*e.object).clone()))
                             .collect();
-                        (rx, initial, s.rv.to_string())
+                        (rx, initial, s.rv.to_string(), false)
                     }
                     Err(e) => {
                         return watch_ended(json!({"kind": "Status", "apiVersion": "v1",
@@ -995,7 +996,7 @@ fn watch(
                     .filter(|(k, o)| in_scope(k, t, &namespace) && matches(o, &selector))
                     .map(|(_, o)| ("ADDED", o.clone()))
                     .collect();
-                (s.events.subscribe(), initial, s.rv.to_string())
+                (s.events.subscribe(), initial, s.rv.to_string(), true)
             }
         }
     };
@@ -1012,8 +1013,12 @@ fn watch(
                 return;
             }
         }
-        if send_initial {
-            let bookmark = json!({"kind": t.kind, "apiVersion": t.api_version(), "metadata": {"resourceVersion": rv, "annotations": {"k8s.io/initial-events-end": "true"}}});
+        // After the initial events, a watch that takes bookmarks is told where they end (the
+        // real server does this for every watch that starts with the current state, not only
+        // for `sendInitialEvents`); the object is the kind's zero value.
+        if send_initial || (from_now && bookmarks) {
+            let mut bookmark = with_version(t.zero(), &t);
+            bookmark["metadata"] = json!({"resourceVersion": rv, "annotations": {"k8s.io/initial-events-end": "true"}});
             if tx.send(line("BOOKMARK", bookmark)).await.is_err() {
                 return;
             }
