@@ -450,6 +450,33 @@ async fn run(side: &Side, bundle: &Bundle) -> BTreeMap<String, Value> {
         json!([shape(&last["object"]["status"]), managed(&last["object"])]),
     );
 
+    // The agent's first CRD watch: from resourceVersion 0, with bookmarks: the current state,
+    // then a bookmark saying where it ends.
+    let start = side
+        .watch(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions?watch=true&resourceVersion=0&allowWatchBookmarks=true&timeoutSeconds=2&fieldSelector=metadata.name%3Dissuers.cert-manager.io",
+            Duration::from_secs(5),
+            |e| e["type"] == "BOOKMARK",
+        )
+        .await;
+    let steps: Vec<Value> = start
+        .iter()
+        .map(|e| json!([e["type"], shape(&e["object"]["metadata"])]))
+        .collect();
+    out.insert("watch from 0 with bookmarks".into(), json!(steps));
+
+    // The agent's nudge of a CRD: an annotation added and removed by merge patches.
+    let crd_path = format!(
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}?fieldManager=bootstrap-agent"
+    );
+    let mut nudges = Vec::new();
+    for value in [json!("requested"), Value::Null] {
+        let body = json!({"metadata": {"annotations": {"bootstrap-agent.io/establish": value}}});
+        let (code, crd) = side.send("PATCH", &crd_path, merge, &body).await;
+        nudges.push(json!([code, crd["metadata"]["generation"], managed(&crd)]));
+    }
+    out.insert("nudge CRD".into(), json!(nudges));
+
     // A watch from a resourceVersion the server no longer has.
     let old = side
         .watch(
@@ -559,9 +586,11 @@ async fn run(side: &Side, bundle: &Bundle) -> BTreeMap<String, Value> {
     out
 }
 
-/// The managedFields entries, timestamps by type only.
+/// The managedFields entries, timestamps by type only. The server sorts entries by time (to
+/// the second) before the manager's name, so they are compared in an order that does not
+/// depend on when each write happened.
 fn managed(obj: &Value) -> Value {
-    let entries: Vec<Value> = obj["metadata"]["managedFields"]
+    let mut entries: Vec<Value> = obj["metadata"]["managedFields"]
         .as_array()
         .into_iter()
         .flatten()
@@ -571,6 +600,9 @@ fn managed(obj: &Value) -> Value {
             e
         })
         .collect();
+    entries.sort_by_key(|e| {
+        ["operation", "manager", "apiVersion", "subresource"].map(|k| e[k].to_string())
+    });
     Value::Array(entries)
 }
 
