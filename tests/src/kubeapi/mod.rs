@@ -21,14 +21,18 @@
 //!   `Established=False` ("Installing"), then `Established=True` after a delay (or never);
 //! - watches: from now (ADDED for what exists), from an older resourceVersion (the events since
 //!   then, as they happened: ADDED, MODIFIED, DELETED), 410 Expired when that is older than the
-//!   type's watch cache, `sendInitialEvents` with its bookmark;
+//!   type's watch cache; a watch starting from the current state ends its initial events with
+//!   a bookmark when bookmarks are allowed (or `sendInitialEvents` asks);
 //! - errors as the real server words them: Status details without an empty group, the plain
 //!   text `404 page not found` for paths outside the served groups.
 //!
-//! Not modelled: defaulting beyond list-map keys and the Namespace label, validation beyond
-//! Service ports, admission, RBAC, finalizers, field selectors other than name and namespace,
-//! periodic bookmarks. Tests play the controllers through [`KubeApi::update_status`] and
-//! friends; request counting and fault injection are on [`KubeApi`].
+//! Not modelled: defaulting beyond port protocols and the Namespace label (a CRD's
+//! `conversion`, a Deployment's strategy, ...), validation beyond Service ports, admission,
+//! RBAC, finalizers, the scale subresource, field selectors other than name and namespace,
+//! periodic bookmarks, a watch cache that lags behind writes, the real server's two-second
+//! pause before creating a custom resource whose CRD has just been Established. Tests play the
+//! controllers through [`KubeApi::update_status`] and friends; request counting and fault
+//! injection are on [`KubeApi`].
 
 pub mod fields;
 #[allow(clippy::result_large_err)] // handlers return ready-made error responses

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 /// CRDs on a spec change (`k8s.io/apiextensions-apiserver` v0.36.2
 /// `pkg/registry/customresourcedefinition/strategy.go` l.77 and l.105), custom resources on
 /// any change outside `metadata` (`pkg/registry/customresource/strategy.go` l.155 and
-/// l.180). Namespaces, Secrets, ConfigMaps, Services, ServiceAccounts, ResourceQuotas and RBAC
+/// l.180-186). Namespaces, Secrets, ConfigMaps, Services, ServiceAccounts, ResourceQuotas and RBAC
 /// objects have no generation at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Generation {

@@ -8,7 +8,7 @@
 //!   of those annotations, and the paths to them. Every list of these kinds has an explicit
 //!   `x-kubernetes-list-type` in Kubernetes v1.36's OpenAPI, so a list not named here is
 //!   atomic. The fragments follow the `+listType`/`+listMapKey`/`+mapType`/`+structType` markers
-//!   of `k8s.io/api` v0.36.2 (e.g. `core/v1/types.go`: Container.Ports l.2958 keyed by
+//!   of `k8s.io/api` v0.36.2 (markers at e.g. `core/v1/types.go`: Container.Ports l.2958 keyed by
 //!   `containerPort`+`protocol`, Env l.2976 by `name`, VolumeMounts l.3027 by `mountPath`,
 //!   PodSpec.Volumes l.4143, Containers l.4170, ServiceSpec.Ports l.5985 by `port`+`protocol`,
 //!   ServiceAccount.Secrets l.6365; `apps/v1/types.go` DeploymentStatus.Conditions l.524;
@@ -321,9 +321,12 @@ fn atomic_map() -> Value {
 /// gives required string keys `""` and required numbers `0`, the port protocols `TCP`).
 fn keyed(keys: &[(&str, Option<Value>)], item: Value) -> Value {
     let mut item = item;
-    for (k, default) in keys {
-        if let Some(d) = default {
-            item["properties"][*k] = json!({"default": d});
+    // A referenced definition declares its key's default itself.
+    if item.get("$ref").is_none() {
+        for (k, default) in keys {
+            if let Some(d) = default {
+                item["properties"][*k] = json!({"default": d});
+            }
         }
     }
     let names: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
@@ -364,7 +367,9 @@ fn builtin_defs() -> Map<String, Value> {
         obj(Value::Object(m))
     };
     let claims = || obj(json!({"claims": by("name", obj(json!({})))}));
+    let named = || json!({"type": "string", "default": ""});
     let container = obj(json!({
+        "name": named(),
         "ports": ports("containerPort"),
         "env": by("name", obj(json!({"valueFrom": atomic_fields(&[
             "configMapKeyRef", "fieldRef", "fileKeyRef", "resourceFieldRef", "secretKeyRef"])}))),
@@ -374,6 +379,7 @@ fn builtin_defs() -> Map<String, Value> {
     }));
     let secret_ref = || atomic_fields(&["secretRef"]);
     let volume = obj(json!({
+        "name": named(),
         "cephfs": secret_ref(), "cinder": secret_ref(), "flexVolume": secret_ref(),
         "iscsi": secret_ref(), "rbd": secret_ref(), "scaleIO": secret_ref(),
         "storageos": secret_ref(),
@@ -420,6 +426,10 @@ fn builtin_defs() -> Map<String, Value> {
             "spec": obj(json!({"ports": ports("port"), "selector": atomic_map()})),
             "status": obj(json!({"conditions": conditions()})),
         })),
+    );
+    def(
+        "ResourceQuota",
+        obj(json!({"spec": obj(json!({"scopeSelector": atomic_obj()}))})),
     );
     def(
         "ServiceAccount",

@@ -6,8 +6,8 @@
 //! defines, a CRD's group with an unserved version or resource, a scope that does not match)
 //! the plain-text `404 page not found` of the API server's catch-all handler
 //! (`k8s.io/apiextensions-apiserver` v0.36.2 `pkg/apiserver/customresource_handler.go`
-//! l.229-299 passes those to its delegate); an unknown subresource of a custom resource names
-//! the object (l.337-341).
+//! `ServeHTTP` l.228-315 passes those to its delegate); an unknown subresource of a custom
+//! resource names the object (l.353-357).
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -67,7 +67,7 @@ pub struct State {
     uid: u64,
     builtins: Vec<ResourceType>,
     /// CRD name → the types it serves (once its names are accepted, as the API server's
-    /// `crdHandler` does: `customresource_handler.go` l.293).
+    /// `crdHandler` does: `customresource_handler.go` l.292-296).
     served: BTreeMap<String, Vec<ResourceType>>,
     /// CRDs that are Established: discovery lists only these
     /// (`customresource_discovery_controller.go` l.105).
@@ -381,7 +381,7 @@ impl State {
     /// The naming controller's pass over a new or changed CRD: its names are accepted, it is
     /// `Established=False` ("Installing") until the establishing controller gets to it, and
     /// its resources are served from now on (`k8s.io/apiextensions-apiserver` v0.36.2
-    /// `pkg/controller/status/naming_controller.go` l.198-227).
+    /// `pkg/controller/status/naming_controller.go`, `calculateNamesAndConditions`, l.198-227).
     pub fn accept_names(&mut self, name: &str) -> Option<Value> {
         let key = crd_key(name);
         let obj = self.objects.get(&key)?.clone();
@@ -412,7 +412,7 @@ impl State {
     }
 
     /// The establishing controller: `Established=True` (`pkg/controller/establish/
-    /// establishing_controller.go` l.155-162); discovery lists the CRD's resources from now on.
+    /// establishing_controller.go` l.157-162); discovery lists the CRD's resources from now on.
     pub fn establish(&mut self, name: &str) -> Option<Value> {
         let key = crd_key(name);
         let obj = self.objects.get(&key)?;
