@@ -354,7 +354,7 @@ impl ApiServer {
             .collect()
     }
 
-    /// How many requests the server has recorded so far (a cursor for [`Self::requests_since`]).
+    /// How many requests the server has recorded so far (a cursor for [`Self::agent_requests_since`]).
     pub async fn cursor(&self) -> usize {
         self.requests().await.len()
     }

@@ -1,25 +1,49 @@
-//! A Kubernetes API stand-in: an HTTP server on 127.0.0.1 speaking the wire subset that the
-//! agent (kube-rs) and the real kubectl use — discovery (legacy and aggregated), CRUD for
-//! built-in and CRD types, server-side apply with field managers and conflicts, resourceVersion
-//! and generation, the status subresource, list/watch — plus request counting and fault
-//! injection. Tests play the controllers through [`KubeApi::update_status`] and friends.
+//! A Kubernetes API stand-in: an HTTP(S) server on 127.0.0.1 that answers the requests the
+//! agent (kube-rs) and kubectl make the way kube-apiserver v1.36 answers them, for what the
+//! real server cannot be made to do: injected 503s, stalls, dropped connections, watches that
+//! fail with error events, a CRD that is never Established. Everything else is tested against
+//! the real kube-apiserver (`kube_real`), and `kube_differential` sends the agent's requests to
+//! both and compares the answers.
 //!
-//! What it models, and only that: the requests the agent sends while bootstrapping (and
-//! `kubectl apply --server-side`, `get`, `edit` for the cross-checks), with the API server's
-//! observable answers — status codes, `Status` bodies, managedFields, conflicts naming the
-//! manager and the fields. Authentication is a client certificate signed by the cluster CA (TLS
-//! mode); there is no authorization, admission, schema validation (the OpenAPI document it
-//! serves is open), garbage collection, or controller: Deployments become Available and CRDs
-//! Established only when a test (or the rehearsal's controller task) says so.
+//! What it models:
+//! - discovery (legacy and aggregated `/api`, `/apis`, `/apis/GROUP[/VERSION]`, OpenAPI v3
+//!   path lists) for a fixed table of built-in kinds and every served version of a CRD whose
+//!   names were accepted (listed once it is Established);
+//! - get, list (also as `PartialObjectMetadataList`), create, replace, merge patch and
+//!   server-side apply, the status subresource, delete;
+//! - server-side apply and `managedFields` as structured-merge-diff computes them, with
+//!   associative lists keyed as the Kubernetes OpenAPI says ([`schema`], [`fields`]): merged
+//!   lists, conflicts named by key (`.spec.ports[port=80,protocol="TCP"].targetPort`), pruning;
+//! - what the registry strategies do: `generation` only for kinds that have one, a Namespace's
+//!   `kubernetes.io/metadata.name` label, a CRD's initial status; the one validation rule an
+//!   apply can trip (a Service's port names, a 422);
+//! - a CRD's lifecycle: created with `conditions: null`, names accepted with
+//!   `Established=False` ("Installing"), then `Established=True` after a delay (or never);
+//! - watches: from now (ADDED for what exists), from an older resourceVersion (the events since
+//!   then, as they happened: ADDED, MODIFIED, DELETED), 410 Expired when that is older than the
+//!   type's watch cache; a watch starting from the current state ends its initial events with
+//!   a bookmark when bookmarks are allowed (or `sendInitialEvents` asks);
+//! - errors as the real server words them: Status details without an empty group, the plain
+//!   text `404 page not found` for paths outside the served groups.
+//!
+//! Not modelled: defaulting beyond port protocols and the Namespace label (a CRD's
+//! `conversion`, a Deployment's strategy, ...), validation beyond Service ports, admission,
+//! RBAC, finalizers, the scale subresource, field selectors other than name and namespace,
+//! periodic bookmarks, a watch cache that lags behind writes, the real server's two-second
+//! pause before creating a custom resource whose CRD has just been Established. Tests play the
+//! controllers through [`KubeApi::update_status`] and friends; request counting and fault
+//! injection are on [`KubeApi`].
 
-mod fields;
+pub mod fields;
 #[allow(clippy::result_large_err)] // handlers return ready-made error responses
 pub mod fixture;
 mod resources;
+pub mod schema;
 #[allow(clippy::result_large_err)] // handlers return ready-made error responses
 mod server;
 mod state;
 mod tls;
+mod validate;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,11 +53,11 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 
 pub use fields::{FieldSet, owners};
+use resources::ResourceType;
 pub use state::CrdPolicy;
-use state::{Event, Key, State};
+use state::{Key, State};
 
 #[derive(Default)]
 struct Faults {
@@ -47,7 +71,6 @@ struct Faults {
 
 pub(crate) struct Shared {
     state: Mutex<State>,
-    events: broadcast::Sender<Event>,
     total: AtomicU64,
     mutating: AtomicU64,
     faulted: AtomicU64,
@@ -56,11 +79,12 @@ pub(crate) struct Shared {
     crd_policy: Mutex<CrdPolicy>,
 }
 
-impl Shared {
-    fn emit(&self, ev: Event) {
-        let _ = self.events.send(ev);
-    }
+/// The manager the stand-in's status helpers write as, playing the controllers.
+const CONTROLLERS: &str = "test-controllers";
 
+impl Shared {
+    /// The API server's own CRD controllers: names accepted at once, Established after the
+    /// policy's delay unless the CRD is one that never establishes.
     fn schedule_crd(self: &Arc<Self>, name: String) {
         let (delay, establish) = match self.crd_policy.lock() {
             Ok(p) => (p.delay, !p.never.contains(&name)),
@@ -68,29 +92,39 @@ impl Shared {
         };
         let shared = self.clone();
         tokio::spawn(async move {
+            if let Ok(mut s) = shared.state.lock() {
+                s.accept_names(&name);
+            }
+            if !establish {
+                return;
+            }
             tokio::time::sleep(delay).await;
-            let updated = shared
-                .state
-                .lock()
-                .ok()
-                .and_then(|mut s| s.settle_crd(&name, establish));
-            if let Some(obj) = updated {
-                shared.emit(Event {
-                    key: crd_key(&name),
-                    kind: "MODIFIED",
-                    object: Arc::new(obj),
-                });
+            if let Ok(mut s) = shared.state.lock() {
+                s.establish(&name);
             }
         });
     }
-}
 
-fn crd_key(name: &str) -> Key {
-    Key {
-        group: "apiextensions.k8s.io".into(),
-        plural: "customresourcedefinitions".into(),
-        namespace: String::new(),
-        name: name.into(),
+    /// The served type of a stored object (any served version), or one made up for a type
+    /// nobody serves.
+    fn type_of(&self, r: &ObjectRef) -> ResourceType {
+        let served = self.state.lock().ok().and_then(|s| {
+            s.types()
+                .into_iter()
+                .find(|t| t.group == r.group && t.plural == r.plural)
+        });
+        served.unwrap_or_else(|| ResourceType {
+            group: r.group.clone(),
+            version: "v1".into(),
+            kind: r.plural.clone(),
+            plural: r.plural.clone(),
+            namespaced: !r.namespace.is_empty(),
+            status_subresource: false,
+            short_names: Vec::new(),
+            categories: Vec::new(),
+            generation: resources::Generation::AllButMetadata,
+            custom: true,
+        })
     }
 }
 
@@ -167,10 +201,8 @@ impl KubeApi {
     ) -> std::io::Result<KubeApi> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new()),
-            events,
             total: AtomicU64::new(0),
             mutating: AtomicU64::new(0),
             faulted: AtomicU64::new(0),
@@ -348,68 +380,82 @@ impl KubeApi {
             .unwrap_or_default()
     }
 
-    /// Plays a controller: sets `status` (generation-aware helpers below build it), bumping
-    /// resourceVersion and notifying watchers. Returns false when the object is missing.
+    /// Plays a controller: sets `status` (generation-aware helpers below build it) as an
+    /// update of the status subresource by `test-controllers`, bumping resourceVersion and
+    /// notifying watchers. Returns false when the object is missing.
     pub fn update_status(&self, r: &ObjectRef, status: Value) -> bool {
-        let updated = self.shared.state.lock().ok().and_then(|mut s| {
-            let key = r.key();
-            let mut obj = s.objects.get(&key)?.clone();
-            obj["status"] = status;
-            Some(s.replace(&key, obj))
-        });
-        match updated {
-            Some(obj) => {
-                self.shared.emit(Event {
-                    key: r.key(),
-                    kind: "MODIFIED",
-                    object: Arc::new(obj),
-                });
-                true
-            }
-            None => false,
-        }
+        let t = self.shared.type_of(r);
+        let Ok(mut s) = self.shared.state.lock() else {
+            return false;
+        };
+        let key = r.key();
+        let Some(old) = s.objects.get(&key).cloned() else {
+            return false;
+        };
+        let mut new = old.clone();
+        new["status"] = status;
+        let op = fields::Op {
+            manager: CONTROLLERS,
+            api_version: &t.api_version(),
+            subresource: Some("status"),
+            now: &state::now(),
+        };
+        fields::record_update(&old, &mut new, op, s.ty(&t));
+        s.replace(&t, &key, new);
+        true
     }
 
-    /// Seeds an object directly (as another client would have created it), recording
-    /// `manager` as an Update owner of its fields.
+    /// Seeds an object directly, as another client's create (`manager` owns what it set).
     pub fn seed(&self, r: &ObjectRef, mut obj: Value, manager: &str) {
-        if let Some(ns) = Some(&r.namespace).filter(|n| !n.is_empty()) {
-            obj["metadata"]["namespace"] = json!(ns);
+        let t = self.shared.type_of(r);
+        obj["metadata"]["name"] = json!(r.name);
+        if !r.namespace.is_empty() {
+            obj["metadata"]["namespace"] = json!(r.namespace);
         }
-        fields::record_update(None, &mut obj, manager, false, &state::now());
-        if let Ok(mut s) = self.shared.state.lock() {
-            let stored = s.insert_new(r.key(), obj);
-            drop(s);
-            self.shared.emit(Event {
-                key: r.key(),
-                kind: "ADDED",
-                object: Arc::new(stored),
-            });
-        }
-        if r.plural == "customresourcedefinitions" {
+        state::default_object(&t.kind, &mut obj);
+        let created = match self.shared.state.lock() {
+            Ok(mut s) => {
+                let op = fields::Op {
+                    manager,
+                    api_version: &t.api_version(),
+                    subresource: None,
+                    now: &state::now(),
+                };
+                fields::record_update(&t.zero(), &mut obj, op, s.ty(&t));
+                s.create(&t, r.key(), obj);
+                true
+            }
+            Err(_) => false,
+        };
+        if created && !t.custom && r.plural == "customresourcedefinitions" {
             self.shared.schedule_crd(r.name.clone());
         }
     }
 
     /// Replaces an object as another client's update (`manager` takes the fields it changed).
     pub fn replace_as(&self, r: &ObjectRef, mut obj: Value, manager: &str) -> bool {
-        let updated = self.shared.state.lock().ok().and_then(|mut s| {
-            let key = r.key();
-            let old = s.objects.get(&key)?.clone();
-            fields::record_update(Some(&old), &mut obj, manager, false, &state::now());
-            Some(s.replace(&key, obj))
-        });
-        match updated {
-            Some(obj) => {
-                self.shared.emit(Event {
-                    key: r.key(),
-                    kind: "MODIFIED",
-                    object: Arc::new(obj),
-                });
-                true
-            }
-            None => false,
+        let t = self.shared.type_of(r);
+        let Ok(mut s) = self.shared.state.lock() else {
+            return false;
+        };
+        let key = r.key();
+        let Some(old) = s.objects.get(&key).cloned() else {
+            return false;
+        };
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("managedFields");
         }
+        obj["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
+        state::default_object(&t.kind, &mut obj);
+        let op = fields::Op {
+            manager,
+            api_version: &t.api_version(),
+            subresource: None,
+            now: &state::now(),
+        };
+        fields::record_update(&old, &mut obj, op, s.ty(&t));
+        s.replace(&t, &key, obj);
+        true
     }
 
     /// Marks a Deployment Available with all replicas updated, as kube-controller-manager would.

@@ -1,5 +1,13 @@
 //! The HTTP side of the stand-in: routing, discovery, CRUD, server-side apply, status
 //! subresource, list/watch, request counting and fault injection.
+//!
+//! Paths the real server does not serve answer as it does: under a built-in group (`/api`,
+//! `/apis/apps`, ...) a NotFound Status with empty details; anywhere else (a group no CRD
+//! defines, a CRD's group with an unserved version or resource, a scope that does not match)
+//! the plain-text `404 page not found` of the API server's catch-all handler
+//! (`k8s.io/apiextensions-apiserver` v0.36.2 `pkg/apiserver/customresource_handler.go`
+//! `ServeHTTP` l.228-315 passes those to its delegate); an unknown subresource of a custom
+//! resource names the object (l.353-357).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,9 +22,10 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::Shared;
-use super::fields;
+use super::fields::{self, Op};
 use super::resources::{self, ResourceType};
-use super::state::{Event, Key, now};
+use super::state::{Event, Key, State, default_object, now};
+use super::validate;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -37,11 +46,15 @@ fn ok(v: &Value) -> Response<Body> {
     respond(StatusCode::OK, "application/json", v)
 }
 
-fn status(code: u16, reason: &str, message: String, details: Value) -> Response<Body> {
-    let v = json!({
+/// A Status; `details` is left out when None, as the API server leaves out an empty one.
+fn status(code: u16, reason: &str, message: String, details: Option<Value>) -> Response<Body> {
+    let mut v = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "details": details, "code": code,
+        "message": message, "reason": reason, "code": code,
     });
+    if let Some(d) = details {
+        v["details"] = d;
+    }
     respond(
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         "application/json",
@@ -49,31 +62,62 @@ fn status(code: u16, reason: &str, message: String, details: Value) -> Response<
     )
 }
 
+/// `StatusDetails` naming one object: `group` only when not empty.
+fn object_details(group: &str, kind: &str, name: &str) -> Value {
+    let mut d = json!({"name": name, "kind": kind});
+    if !group.is_empty() {
+        d["group"] = json!(group);
+    }
+    d
+}
+
 fn not_found(t: &ResourceType, name: &str) -> Response<Body> {
-    let what = if t.group.is_empty() {
-        t.plural.clone()
-    } else {
-        format!("{}.{}", t.plural, t.group)
-    };
     status(
         404,
         "NotFound",
-        format!("{what} \"{name}\" not found"),
-        json!({"name": name, "group": t.group, "kind": t.plural}),
+        format!("{} \"{name}\" not found", t.qualified()),
+        Some(object_details(&t.group, &t.plural, name)),
     )
 }
 
-fn no_route() -> Response<Body> {
+/// The NotFound a built-in group answers for a path it does not serve.
+fn no_resource() -> Response<Body> {
     status(
         404,
         "NotFound",
         "the server could not find the requested resource".into(),
-        json!({}),
+        Some(json!({})),
     )
 }
 
+/// The catch-all handler's answer: Go's `http.NotFound`.
+fn page_not_found() -> Response<Body> {
+    let mut r = Response::new(full(b"404 page not found\n".to_vec()));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        "x-content-type-options",
+        http::HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// The OpenAPI handler's answer for a group/version it does not have: 404, empty body.
+fn empty_not_found() -> Response<Body> {
+    let mut r = Response::new(full(Vec::new()));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
+}
+
 fn bad_request(message: String) -> Response<Body> {
-    status(400, "BadRequest", message, json!({}))
+    status(400, "BadRequest", message, None)
+}
+
+fn internal(message: &str) -> Response<Body> {
+    status(500, "InternalError", message.to_string(), None)
 }
 
 /// Parsed query string (percent-decoded).
@@ -136,9 +180,8 @@ struct Target {
 }
 
 enum Route {
-    Discovery(Response<Body>),
+    Answer(Response<Body>),
     Resource(Target),
-    NotFound,
 }
 
 fn wants_aggregated(req: &Request<Incoming>) -> bool {
@@ -153,50 +196,72 @@ fn wants_aggregated(req: &Request<Incoming>) -> bool {
         .unwrap_or(false)
 }
 
+/// How a group answers a path it does not serve.
+fn unserved(group: &str) -> Route {
+    Route::Answer(if group.is_empty() || resources::builtin_group(group) {
+        no_resource()
+    } else {
+        page_not_found()
+    })
+}
+
 fn route(shared: &Shared, req: &Request<Incoming>) -> Route {
     let path = req.uri().path().trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let types = shared.state.lock().map(|s| s.types()).unwrap_or_default();
+    let (served, listed) = shared
+        .state
+        .lock()
+        .map(|s| (s.types(), s.discoverable()))
+        .unwrap_or_default();
     let agg_ct = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+    let answer = |r: Response<Body>| Route::Answer(r);
     match segs.as_slice() {
-        ["version"] => Route::Discovery(ok(&json!({
-            "major": "1", "minor": "37", "gitVersion": "v1.37.0-standin", "gitCommit": "0000000000000000000000000000000000000000",
+        ["version"] => answer(ok(&json!({
+            "major": "1", "minor": "36", "gitVersion": "v1.36.2-standin", "gitCommit": "0000000000000000000000000000000000000000",
             "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.26", "compiler": "gc", "platform": "linux/amd64",
         }))),
         ["readyz"] | ["livez"] | ["healthz"] => {
             let mut r = Response::new(full(b"ok".to_vec()));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain"),
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
             );
-            Route::Discovery(r)
+            answer(r)
         }
-        ["api"] if wants_aggregated(req) => Route::Discovery(respond(
+        ["api"] if wants_aggregated(req) => answer(respond(
             StatusCode::OK,
             agg_ct,
-            &resources::aggregated(&types, true),
+            &resources::aggregated(&listed, true),
         )),
-        ["apis"] if wants_aggregated(req) => Route::Discovery(respond(
+        ["apis"] if wants_aggregated(req) => answer(respond(
             StatusCode::OK,
             agg_ct,
-            &resources::aggregated(&types, false),
+            &resources::aggregated(&listed, false),
         )),
-        ["api"] => Route::Discovery(ok(
+        ["api"] => answer(ok(
             &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]}),
         )),
-        ["apis"] => Route::Discovery(ok(&resources::group_list(&types))),
-        ["openapi", "v3"] => Route::Discovery(ok(&resources::openapi_root(&types))),
-        ["openapi", "v3", "api", v] => resources::openapi_gv(&types, "", v)
-            .map(|d| Route::Discovery(ok(&d)))
-            .unwrap_or(Route::NotFound),
-        ["openapi", "v3", "apis", g, v] => resources::openapi_gv(&types, g, v)
-            .map(|d| Route::Discovery(ok(&d)))
-            .unwrap_or(Route::NotFound),
-        ["api", v] => gv_list(&types, "", v),
-        ["apis", g, v] => gv_list(&types, g, v),
-        ["api", v, rest @ ..] => resource_route(&types, "", v, rest),
-        ["apis", g, v, rest @ ..] => resource_route(&types, g, v, rest),
-        _ => Route::NotFound,
+        ["apis"] => answer(ok(&resources::group_list(&listed))),
+        ["openapi", "v3"] => answer(ok(&resources::openapi_root(&listed))),
+        ["openapi", "v3", "api", v] => answer(
+            resources::openapi_gv(&listed, "", v)
+                .map(|d| ok(&d))
+                .unwrap_or_else(empty_not_found),
+        ),
+        ["openapi", "v3", "apis", g, v] => answer(
+            resources::openapi_gv(&listed, g, v)
+                .map(|d| ok(&d))
+                .unwrap_or_else(empty_not_found),
+        ),
+        ["api", v] => gv_list(&listed, "", v),
+        ["apis", g] => match resources::group_doc(&listed, g) {
+            Some(d) => answer(ok(&d)),
+            None => unserved(g),
+        },
+        ["apis", g, v] => gv_list(&listed, g, v),
+        ["api", v, rest @ ..] => resource_route(&served, "", v, rest),
+        ["apis", g, v, rest @ ..] => resource_route(&served, g, v, rest),
+        _ => answer(page_not_found()),
     }
 }
 
@@ -206,14 +271,14 @@ fn gv_list(types: &[ResourceType], g: &str, v: &str) -> Route {
         .filter(|t| t.group == g && t.version == v)
         .collect();
     if ts.is_empty() {
-        return Route::NotFound;
+        return unserved(g);
     }
     let gv = if g.is_empty() {
         v.to_string()
     } else {
         format!("{g}/{v}")
     };
-    Route::Discovery(ok(&resources::resource_list(&gv, &ts)))
+    Route::Answer(ok(&resources::resource_list(&gv, &ts)))
 }
 
 fn resource_route(types: &[ResourceType], g: &str, v: &str, rest: &[&str]) -> Route {
@@ -224,28 +289,39 @@ fn resource_route(types: &[ResourceType], g: &str, v: &str, rest: &[&str]) -> Ro
             .cloned()
     };
     let (t, namespace, tail) = match rest {
+        // `/api/v1/namespaces/NAME/status` is the Namespace's own status, not a resource
+        // named `status` in it.
         ["namespaces", ns, plural, tail @ ..]
-            if g.is_empty() && (*plural != "status" && *plural != "finalize") || !g.is_empty() =>
+            if !g.is_empty() || (*plural != "status" && *plural != "finalize") =>
         {
             match find(plural) {
                 Some(t) if t.namespaced => (t, Some(ns.to_string()), tail),
-                _ => return Route::NotFound,
+                _ => return unserved(g),
             }
         }
         [plural, tail @ ..] => match find(plural) {
             Some(t) => (t, None, tail),
-            None => return Route::NotFound,
+            None => return unserved(g),
         },
-        [] => return Route::NotFound,
+        [] => return unserved(g),
     };
     let (name, subresource) = match tail {
         [] => (None, None),
         [name] => (Some(name.to_string()), None),
         [name, sub] => (Some(name.to_string()), Some(sub.to_string())),
-        _ => return Route::NotFound,
+        _ => return unserved(g),
     };
     if name.is_some() && t.namespaced && namespace.is_none() {
-        return Route::NotFound;
+        return unserved(g);
+    }
+    if let Some(sub) = &subresource
+        && !(sub == "status" && t.status_subresource)
+    {
+        return Route::Answer(if t.custom {
+            not_found(&t, name.as_deref().unwrap_or_default())
+        } else {
+            no_resource()
+        });
     }
     Route::Resource(Target {
         t,
@@ -318,13 +394,12 @@ pub async fn handle(
             503,
             "ServiceUnavailable",
             "fault injection: the server is currently unable to handle the request".into(),
-            json!({}),
+            None,
         ));
     }
 
     match route(&shared, &req) {
-        Route::Discovery(r) => Ok(r),
-        Route::NotFound => Ok(no_route()),
+        Route::Answer(r) => Ok(r),
         Route::Resource(target) => {
             let query = Query::parse(req.uri().query());
             let accept = header(&req, http::header::ACCEPT, "");
@@ -372,6 +447,23 @@ fn parse_body(body: &[u8]) -> Result<Value, String> {
     serde_saphyr::from_str::<Value>(text).map_err(|e| format!("body is neither JSON nor YAML: {e}"))
 }
 
+/// What a write through the main resource may not set (the status, when the type has a
+/// status subresource), or what a write through `/status` may (only the status).
+fn endpoint_part(t: &ResourceType, status_only: bool, obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.as_object_mut() {
+        if status_only {
+            m.retain(|k, _| matches!(k.as_str(), "status" | "apiVersion" | "kind" | "metadata"));
+            if let Some(md) = m.get_mut("metadata").and_then(Value::as_object_mut) {
+                md.retain(|k, _| matches!(k.as_str(), "name" | "namespace" | "resourceVersion"));
+            }
+        } else if t.status_subresource {
+            m.remove("status");
+        }
+    }
+    v
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn resource(
     shared: &Arc<Shared>,
@@ -389,11 +481,7 @@ async fn resource(
         name,
         subresource,
     } = target;
-    let status_only = match subresource.as_deref() {
-        None => false,
-        Some("status") if t.status_subresource => true,
-        Some(_) => return no_route(),
-    };
+    let status_only = subresource.as_deref() == Some("status");
     let dry_run = query.get("dryRun") == Some("All");
     let default_manager = user_agent
         .split('/')
@@ -404,53 +492,53 @@ async fn resource(
         .get("fieldManager")
         .map(str::to_string)
         .unwrap_or(default_manager);
+    let api_version = t.api_version();
+    let now = now();
+    let op = Op {
+        manager: &manager,
+        api_version: &api_version,
+        subresource: status_only.then_some("status"),
+        now: &now,
+    };
 
     let Some(name) = name else {
         return match method {
             Method::GET if query.flag("watch") && take_watch_error(shared) => watch_error(),
             Method::GET if query.flag("watch") => watch(shared, &t, namespace, &query),
             Method::GET => list(shared, &t, namespace, &query, accept),
-            Method::POST => create(shared, &t, namespace, body, &manager, dry_run),
+            Method::POST => create(shared, &t, namespace, body, op, dry_run),
             _ => status(
                 405,
                 "MethodNotAllowed",
                 format!("{method} is not supported on a collection"),
-                json!({}),
+                None,
             ),
         };
     };
     let key = key_of(&t, &namespace, &name);
     match method {
         Method::GET => {
-            let obj = shared
-                .state
-                .lock()
-                .ok()
-                .and_then(|s| s.objects.get(&key).cloned());
+            let obj = shared.state.lock().ok().and_then(|mut s| {
+                s.touch(&t);
+                s.objects.get(&key).cloned()
+            });
             match obj {
+                Some(o) if wants_metadata(accept, "PartialObjectMetadata") => ok(&json!({
+                    "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                    "metadata": o["metadata"],
+                })),
                 Some(o) => ok(&with_version(o, &t)),
                 None => not_found(&t, &name),
             }
         }
         Method::DELETE => {
-            let removed = shared.state.lock().ok().and_then(|mut s| {
-                let o = s.objects.remove(&key)?;
-                let rv = s.next_rv();
-                if t.plural == "customresourcedefinitions" {
-                    s.refresh_crd_types(&name);
-                }
-                Some((o, rv))
-            });
+            let removed = shared
+                .state
+                .lock()
+                .ok()
+                .and_then(|mut s| s.delete(&t, &key));
             match removed {
-                Some((mut o, rv)) => {
-                    o["metadata"]["resourceVersion"] = json!(rv);
-                    shared.emit(Event {
-                        key,
-                        kind: "DELETED",
-                        object: Arc::new(o.clone()),
-                    });
-                    ok(&with_version(o, &t))
-                }
+                Some(o) => ok(&with_version(o, &t)),
                 None => not_found(&t, &name),
             }
         }
@@ -459,7 +547,7 @@ async fn resource(
                 Ok(v) => v,
                 Err(e) => return bad_request(e),
             };
-            write(shared, &t, &key, &name, dry_run, |old| {
+            commit(shared, &t, &key, dry_run, |s, old| {
                 let Some(old) = old else {
                     return Err(not_found(&t, &name));
                 };
@@ -471,30 +559,27 @@ async fn resource(
                         "Conflict",
                         format!(
                             "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                            t.plural
+                            t.qualified()
                         ),
-                        json!({"name": name, "group": t.group, "kind": t.plural}),
+                        Some(object_details(&t.group, &t.plural, &name)),
                     ));
                 }
-                let mut new = old.clone();
-                if status_only {
-                    new["status"] = incoming["status"].clone();
+                let mut new = if status_only {
+                    let mut n = old.clone();
+                    n["status"] = incoming["status"].clone();
+                    n
                 } else {
-                    let keep_status = old.get("status").cloned();
-                    new = incoming.clone();
-                    new["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
-                    if t.status_subresource {
-                        match keep_status {
-                            Some(s) => new["status"] = s,
-                            None => {
-                                if let Some(m) = new.as_object_mut() {
-                                    m.remove("status");
-                                }
-                            }
-                        }
+                    let mut n = endpoint_part(&t, false, &incoming);
+                    n["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
+                    if t.status_subresource
+                        && let Some(st) = old.get("status")
+                    {
+                        n["status"] = st.clone();
                     }
-                }
-                fields::record_update(Some(old), &mut new, &manager, status_only, &now());
+                    n
+                };
+                default_object(&t.kind, &mut new);
+                fields::record_update(old, &mut new, op, s.ty(&t));
                 Ok(new)
             })
         }
@@ -505,7 +590,12 @@ async fn resource(
             };
             if content_type.starts_with("application/apply-patch") {
                 if query.get("fieldManager").is_none() {
-                    return status(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(), json!({}));
+                    return status(
+                        422,
+                        "Invalid",
+                        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(),
+                        Some(json!({"group": "meta.k8s.io", "kind": "PatchOptions", "causes": [{"reason": "FieldValueRequired", "message": "Required value: is required for apply patch", "field": "fieldManager"}]})),
+                    );
                 }
                 if incoming["metadata"]["name"]
                     .as_str()
@@ -523,36 +613,33 @@ async fn resource(
                     return r;
                 }
                 let force = query.flag("force");
-                let mut applied = incoming.clone();
-                applied["metadata"]["name"] = json!(name);
+                let mut config = endpoint_part(&t, status_only, &incoming);
+                config["metadata"]["name"] = json!(name);
                 if let Some(ns) = &namespace {
-                    applied["metadata"]["namespace"] = json!(ns);
+                    config["metadata"]["namespace"] = json!(ns);
                 }
-                write(shared, &t, &key, &name, dry_run, |old| {
+                commit(shared, &t, &key, dry_run, |s, old| {
                     if old.is_none() && status_only {
                         return Err(not_found(&t, &name));
                     }
-                    fields::apply(old, &applied, &manager, force, status_only, &now())
-                        .map_err(|conflicts| conflict_response(&t, &name, &conflicts))
+                    let live = old.cloned().unwrap_or_else(|| t.zero());
+                    let mut new = fields::apply(&live, &config, op, force, s.ty(&t))
+                        .map_err(|c| conflict_response(&c))?;
+                    default_object(&t.kind, &mut new);
+                    Ok(new)
                 })
             } else if content_type.starts_with("application/merge-patch+json")
                 || content_type.starts_with("application/strategic-merge-patch+json")
             {
-                write(shared, &t, &key, &name, dry_run, |old| {
+                commit(shared, &t, &key, dry_run, |s, old| {
                     let Some(old) = old else {
                         return Err(not_found(&t, &name));
                     };
                     let mut new = old.clone();
-                    let mut patch = incoming.clone();
-                    if let Some(m) = patch.as_object_mut() {
-                        if status_only {
-                            m.retain(|k, _| k == "status");
-                        } else if t.status_subresource {
-                            m.remove("status");
-                        }
-                    }
+                    let patch = endpoint_part(&t, status_only, &incoming);
                     fields::merge_patch(&mut new, &patch);
-                    fields::record_update(Some(old), &mut new, &manager, status_only, &now());
+                    default_object(&t.kind, &mut new);
+                    fields::record_update(old, &mut new, op, s.ty(&t));
                     Ok(new)
                 })
             } else {
@@ -562,7 +649,7 @@ async fn resource(
                     format!(
                         "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {content_type})"
                     ),
-                    json!({}),
+                    None,
                 )
             }
         }
@@ -570,51 +657,41 @@ async fn resource(
             405,
             "MethodNotAllowed",
             format!("{method} is not supported"),
-            json!({}),
+            None,
         ),
     }
 }
 
-fn conflict_response(
-    t: &ResourceType,
-    name: &str,
-    conflicts: &[fields::Conflict],
-) -> Response<Body> {
+/// An apply's conflicts as the API server reports them (`k8s.io/apimachinery` v0.36.2
+/// `pkg/util/managedfields/internal/conflict.go`): a 409 whose details hold only the causes.
+fn conflict_response(conflicts: &[fields::Conflict]) -> Response<Body> {
     let causes: Vec<Value> = conflicts
         .iter()
-        .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\" using {}", c.manager, c.api_version), "field": c.field()}))
+        .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {}", c.manager), "field": c.field()}))
         .collect();
-    let lines: Vec<String> = conflicts
-        .iter()
-        .map(|c| {
-            format!(
-                "- conflict with \"{}\" using {}: {}",
-                c.manager,
-                c.api_version,
-                c.field()
-            )
-        })
-        .collect();
-    let message = if conflicts.len() == 1 {
+    let message = if let [c] = conflicts {
         format!(
-            "Apply failed with 1 conflict: conflict with \"{}\" using {}: {}",
-            conflicts[0].manager,
-            conflicts[0].api_version,
-            conflicts[0].field()
+            "Apply failed with 1 conflict: conflict with {}: {}",
+            c.manager,
+            c.field()
         )
     } else {
+        let mut lines = Vec::new();
+        let mut last: Option<&str> = None;
+        for c in conflicts {
+            if last != Some(c.manager.as_str()) {
+                lines.push(format!("conflicts with {}:", c.manager));
+                last = Some(&c.manager);
+            }
+            lines.push(format!("- {}", c.field()));
+        }
         format!(
             "Apply failed with {} conflicts: {}",
             conflicts.len(),
             lines.join("\n")
         )
     };
-    status(
-        409,
-        "Conflict",
-        message,
-        json!({"name": name, "group": t.group, "kind": t.plural, "causes": causes}),
-    )
+    status(409, "Conflict", message, Some(json!({"causes": causes})))
 }
 
 fn namespace_missing(
@@ -639,68 +716,53 @@ fn namespace_missing(
             404,
             "NotFound",
             format!("namespaces \"{ns}\" not found"),
-            json!({"name": ns, "kind": "namespaces"}),
+            Some(object_details("", "namespaces", ns)),
         )
     })
 }
 
-/// Runs `f` on the current object under the store lock and stores its result.
-fn write(
+/// Runs `f` on the current object under the store lock, validates and stores its result (or
+/// only returns it for a dry run), and starts a new CRD's lifecycle.
+fn commit(
     shared: &Arc<Shared>,
     t: &ResourceType,
     key: &Key,
-    name: &str,
     dry_run: bool,
-    f: impl FnOnce(Option<&Value>) -> Result<Value, Response<Body>>,
+    f: impl FnOnce(&State, Option<&Value>) -> Result<Value, Response<Body>>,
 ) -> Response<Body> {
     let Ok(mut s) = shared.state.lock() else {
-        return status(
-            500,
-            "InternalError",
-            "store lock poisoned".into(),
-            json!({}),
-        );
+        return internal("store lock poisoned");
     };
+    s.touch(t);
     let old = s.objects.get(key).cloned();
-    let mut new = match f(old.as_ref()) {
+    let mut new = match f(&s, old.as_ref()) {
         Ok(v) => v,
         Err(r) => return r,
     };
     new = with_version(new, t);
-    new["metadata"]["name"] = json!(name);
+    new["metadata"]["name"] = json!(key.name);
     if !key.namespace.is_empty() {
         new["metadata"]["namespace"] = json!(key.namespace);
+    }
+    if !t.custom {
+        let errs = validate::validate(&t.kind, &new);
+        if !errs.is_empty() {
+            let (message, details) = validate::invalid(&t.group, &t.kind, &key.name, &errs);
+            return status(422, "Invalid", message, Some(details));
+        }
     }
     if dry_run {
         return ok(&new);
     }
-    let (stored, kind, created) = match &old {
-        None => (s.insert_new(key.clone(), new), "ADDED", true),
-        Some(o) => {
-            let stored = s.replace(key, new);
-            let kind = if stored["metadata"]["resourceVersion"] == o["metadata"]["resourceVersion"]
-            {
-                ""
-            } else {
-                "MODIFIED"
-            };
-            (stored, kind, false)
-        }
+    let created = old.is_none();
+    let stored = if created {
+        s.create(t, key.clone(), new)
+    } else {
+        s.replace(t, key, new)
     };
-    let is_crd = t.plural == "customresourcedefinitions";
-    if is_crd && !created {
-        s.refresh_crd_types(name);
-    }
     drop(s);
-    if !kind.is_empty() {
-        shared.emit(Event {
-            key: key.clone(),
-            kind,
-            object: Arc::new(stored.clone()),
-        });
-    }
-    if is_crd && created {
-        shared.schedule_crd(name.to_string());
+    if created && !t.custom && t.plural == "customresourcedefinitions" {
+        shared.schedule_crd(key.name.clone());
     }
     respond(
         if created {
@@ -709,7 +771,7 @@ fn write(
             StatusCode::OK
         },
         "application/json",
-        &stored,
+        &with_version(stored, t),
     )
 }
 
@@ -718,10 +780,10 @@ fn create(
     t: &ResourceType,
     namespace: Option<String>,
     body: &[u8],
-    manager: &str,
+    op: Op,
     dry_run: bool,
 ) -> Response<Body> {
-    let mut obj = match parse_body(body) {
+    let obj = match parse_body(body) {
         Ok(v) => v,
         Err(e) => return bad_request(e),
     };
@@ -730,41 +792,43 @@ fn create(
             422,
             "Invalid",
             format!(
-                "{} is invalid: metadata.name: Required value: name is required",
+                "{} is invalid: metadata.name: Required value: name or generateName is required",
                 t.kind
             ),
-            json!({}),
+            Some(
+                json!({"kind": t.kind, "causes": [{"reason": "FieldValueRequired", "message": "Required value: name or generateName is required", "field": "metadata.name"}]}),
+            ),
         );
     };
+    if let (Some(ns), Some(body_ns)) = (&namespace, obj["metadata"]["namespace"].as_str())
+        && ns != body_ns
+    {
+        return bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
+        );
+    }
     if let Some(r) = namespace_missing(shared, t, &namespace) {
         return r;
     }
     let key = key_of(t, &namespace, &name);
-    if shared
-        .state
-        .lock()
-        .map(|s| s.objects.contains_key(&key))
-        .unwrap_or(false)
-    {
-        let what = if t.group.is_empty() {
-            t.plural.clone()
-        } else {
-            format!("{}.{}", t.plural, t.group)
-        };
-        return status(
-            409,
-            "AlreadyExists",
-            format!("{what} \"{name}\" already exists"),
-            json!({"name": name, "group": t.group, "kind": t.plural}),
-        );
-    }
-    if t.status_subresource
-        && let Some(m) = obj.as_object_mut()
-    {
-        m.remove("status");
-    }
-    fields::record_update(None, &mut obj, manager, false, &now());
-    write(shared, t, &key, &name, dry_run, |_| Ok(obj))
+    commit(shared, t, &key, dry_run, |s, old| {
+        if old.is_some() {
+            return Err(status(
+                409,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", t.qualified()),
+                Some(object_details(&t.group, &t.plural, &name)),
+            ));
+        }
+        let mut new = endpoint_part(t, false, &obj);
+        if let Some(m) = new["metadata"].as_object_mut() {
+            m.remove("managedFields");
+        }
+        default_object(&t.kind, &mut new);
+        fields::record_update(&t.zero(), &mut new, op, s.ty(t));
+        Ok(new)
+    })
 }
 
 /// `fieldSelector=metadata.name=X` and simple `labelSelector=k=v,k2=v2`.
@@ -799,6 +863,14 @@ fn matches(obj: &Value, query: &Query) -> bool {
     true
 }
 
+/// Whether the first media type accepted asks for metadata only (`as=<what>`).
+fn wants_metadata(accept: &str, what: &str) -> bool {
+    accept.split(',').next().is_some_and(|a| {
+        a.split(';')
+            .any(|p| p.trim().strip_prefix("as=") == Some(what))
+    })
+}
+
 fn in_scope(key: &Key, t: &ResourceType, namespace: &Option<String>) -> bool {
     key.group == t.group
         && key.plural == t.plural
@@ -812,18 +884,11 @@ fn list(
     query: &Query,
     accept: &str,
 ) -> Response<Body> {
-    let Ok(s) = shared.state.lock() else {
-        return status(
-            500,
-            "InternalError",
-            "store lock poisoned".into(),
-            json!({}),
-        );
+    let Ok(mut s) = shared.state.lock() else {
+        return internal("store lock poisoned");
     };
-    let metadata_only = accept
-        .split(',')
-        .next()
-        .is_some_and(|a| a.contains("as=PartialObjectMetadataList"));
+    s.touch(t);
+    let metadata_only = wants_metadata(accept, "PartialObjectMetadataList");
     let items: Vec<Value> = s
         .objects
         .iter()
@@ -839,9 +904,7 @@ fn list(
     let rv = s.rv.to_string();
     drop(s);
     if metadata_only {
-        respond(
-            StatusCode::OK,
-            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+        ok(
             &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv}, "items": items}),
         )
     } else {
@@ -863,14 +926,24 @@ fn take_watch_error(shared: &Arc<Shared>) -> bool {
     true
 }
 
-/// A watch that fails at once: 200, one ERROR event with a Status, end of stream.
-fn watch_error() -> Response<Body> {
-    let event = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
-        "metadata": {}, "status": "Failure", "message": "etcdserver: request timed out",
-        "reason": "InternalError", "code": 500}});
-    let mut line = serde_json::to_vec(&event).unwrap_or_default();
+/// A watch answered 200 with one ERROR event carrying `status`, then closed.
+fn watch_ended(status: Value) -> Response<Body> {
+    let mut line =
+        serde_json::to_vec(&json!({"type": "ERROR", "object": status})).unwrap_or_default();
     line.push(b'\n');
-    respond(StatusCode::OK, "application/json", &Value::Null).map(|_| full(line))
+    let mut r = Response::new(full(line));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Injected fault: the watch fails at once with a 500 Status (as when storage fails).
+fn watch_error() -> Response<Body> {
+    watch_ended(json!({"kind": "Status", "apiVersion": "v1",
+        "metadata": {}, "status": "Failure", "message": "etcdserver: request timed out",
+        "reason": "InternalError", "code": 500}))
 }
 
 fn watch(
@@ -884,42 +957,50 @@ fn watch(
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(1800);
     let send_initial = query.flag("sendInitialEvents");
+    let bookmarks = query.flag("allowWatchBookmarks");
     let since: Option<u64> = query
         .get("resourceVersion")
         .and_then(|s| s.parse().ok())
         .filter(|v| *v > 0);
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
-    let (mut events, initial, rv) = {
-        let Ok(s) = shared.state.lock() else {
-            return status(
-                500,
-                "InternalError",
-                "store lock poisoned".into(),
-                json!({}),
-            );
+    let selector = Query(query.0.clone());
+    let (mut events, initial, rv, from_now) = {
+        let Ok(mut s) = shared.state.lock() else {
+            return internal("store lock poisoned");
         };
-        let events = shared.events.subscribe();
-        let initial: Vec<(&'static str, Value)> = s
-            .objects
-            .iter()
-            .filter(|(k, o)| in_scope(k, t, &namespace) && matches(o, query))
-            .filter_map(|(_, o)| {
-                let orv: u64 = o["metadata"]["resourceVersion"]
-                    .as_str()
-                    .and_then(|r| r.parse().ok())
-                    .unwrap_or(0);
-                match since {
-                    _ if send_initial => Some(("ADDED", o.clone())),
-                    None => Some(("ADDED", o.clone())),
-                    Some(v) if orv > v => Some(("MODIFIED", o.clone())),
-                    Some(_) => None,
+        s.touch(t);
+        match since {
+            Some(since) if !send_initial => {
+                let keep =
+                    |e: &Event| in_scope(&e.key, t, &namespace) && matches(&e.object, &selector);
+                match s.replay(t, since, keep) {
+                    Ok((replayed, rx)) => {
+                        let initial: Vec<(&'static str, Value)> = replayed
+                            .into_iter()
+                            .map(|e| (e.kind, (*e.object).clone()))
+                            .collect();
+                        (rx, initial, s.rv.to_string(), false)
+                    }
+                    Err(e) => {
+                        return watch_ended(json!({"kind": "Status", "apiVersion": "v1",
+                            "metadata": {}, "status": "Failure",
+                            "message": format!("too old resource version: {} ({})", e.asked, e.oldest),
+                            "reason": "Expired", "code": 410}));
+                    }
                 }
-            })
-            .collect();
-        (events, initial, s.rv.to_string())
+            }
+            _ => {
+                let initial: Vec<(&'static str, Value)> = s
+                    .objects
+                    .iter()
+                    .filter(|(k, o)| in_scope(k, t, &namespace) && matches(o, &selector))
+                    .map(|(_, o)| ("ADDED", o.clone()))
+                    .collect();
+                (s.events.subscribe(), initial, s.rv.to_string(), true)
+            }
+        }
     };
     let t = t.clone();
-    let selector = Query(query.0.clone());
     tokio::spawn(async move {
         let line = |kind: &str, obj: Value| {
             let mut v =
@@ -932,8 +1013,12 @@ fn watch(
                 return;
             }
         }
-        if send_initial {
-            let bookmark = json!({"kind": t.kind, "apiVersion": t.api_version(), "metadata": {"resourceVersion": rv, "annotations": {"k8s.io/initial-events-end": "true"}}});
+        // After the initial events, a watch that takes bookmarks is told where they end (the
+        // real server does this for every watch that starts with the current state, not only
+        // for `sendInitialEvents`); the object is the kind's zero value.
+        if send_initial || (from_now && bookmarks) {
+            let mut bookmark = with_version(t.zero(), &t);
+            bookmark["metadata"] = json!({"resourceVersion": rv, "annotations": {"k8s.io/initial-events-end": "true"}});
             if tx.send(line("BOOKMARK", bookmark)).await.is_err() {
                 return;
             }
