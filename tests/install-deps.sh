@@ -3,7 +3,7 @@
 # Idempotent: what is present is left alone.
 set -euo pipefail
 
-apt_pkgs=(swtpm swtpm-tools tpm2-tools age skopeo umoci musl-tools file gcc libc6-dev)
+apt_pkgs=(swtpm swtpm-tools tpm2-tools age skopeo umoci musl-tools file gcc libc6-dev docker-registry)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

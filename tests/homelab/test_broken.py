@@ -336,6 +336,36 @@ def test_gateway_api_bumped_in_one_place(copy, fixtures):
     assert_found(found, "kubernetes/flux-system/gateway-api.yaml", "pinned at v1.7.0 but the CRD fixtures are v1.6.1")
 
 
+def test_flux_bumped_in_git_but_not_in_the_bundle(copy, fixtures):
+    edit(copy / "kubernetes/flux-system/flux-components.yaml", "    tag: v2.9.4\n", "    tag: v2.10.0\n")
+    found = findings(copy, fixtures)
+    assert_found(
+        found,
+        "kubernetes/flux-system/flux-components.yaml",
+        "Flux is pinned at different versions",
+        "OCIRepository flux-components tag = v2.10.0",
+        "bundle lock flux-components version = v2.9.4",
+    )
+
+
+def test_the_agent_installs_another_flux_than_git(copy, fixtures):
+    edit(copy / "agent/bundle/bundle.lock.yaml", "    oci: ghcr.io/fluxcd/flux-manifests\n", "    oci: ghcr.io/example/flux-manifests\n")
+    assert_found(
+        findings(copy, fixtures),
+        "agent/bundle/bundle.lock.yaml",
+        "bundle lock flux-components is 'ghcr.io/example/flux-manifests'",
+        "applies ghcr.io/fluxcd/flux-manifests",
+    )
+
+
+def test_flux_pinned_at_another_digest_than_the_bundle(copy, fixtures):
+    git = "sha256:" + "1" * 64
+    lock = "sha256:" + "2" * 64
+    edit(copy / "kubernetes/flux-system/flux-components.yaml", "    tag: v2.9.4\n", f"    tag: v2.9.4\n    digest: {git}\n")
+    edit(copy / "agent/bundle/bundle.lock.yaml", "    oci: ghcr.io/fluxcd/flux-manifests\n", f"    oci: ghcr.io/fluxcd/flux-manifests\n    digest: {lock}\n")
+    assert_found(findings(copy, fixtures), "agent/bundle/bundle.lock.yaml", "Flux is pinned at different digests", git, lock, "bundle refresh")
+
+
 def test_readme_names_another_version(copy, fixtures):
     append(copy / "README.md", "\nThe cluster runs cert-manager v1.20.0.\n")
     found = findings(copy, fixtures)

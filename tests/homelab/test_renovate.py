@@ -80,10 +80,10 @@ def _gateway_tag(root: Path) -> str:
 
 
 def _flux_manifests_tag(root: Path) -> str:
-    for doc in yaml.safe_load_all((root / "kubernetes/flux-system/gotk-components.yaml").read_text()):
+    for doc in yaml.safe_load_all((root / "kubernetes/flux-system/flux-components.yaml").read_text()):
         if doc and doc.get("kind") == "OCIRepository":
             return str(doc["spec"]["ref"]["tag"])
-    raise AssertionError("no OCIRepository in gotk-components.yaml")
+    raise AssertionError("no OCIRepository in flux-components.yaml")
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,8 @@ class Pin:
     # xfail), so it fails as soon as the pin becomes visible under this depName and datasource:
     # drop the reason then (or correct depName/datasource to what the new pin yields).
     pending: str = ""
+    # The file the pin is in, when the same package is pinned in several (tree and bundle lock).
+    file: str = ""
 
 
 EXPECTED = [
@@ -108,15 +110,14 @@ EXPECTED = [
         pending="the image profiles carry a placeholder, the extension's version is looked up at build time; "
         "one pinned source for Talos, installer, extension and Kubernetes is under way",
     ),
+    Pin("Flux components (tree)", "ghcr.io/fluxcd/flux-manifests", "docker", _flux_manifests_tag),
     Pin(
-        "Flux components (gotk-components.yaml)",
+        "Flux components (bundle lock)",
         "ghcr.io/fluxcd/flux-manifests",
         "docker",
-        _flux_manifests_tag,
-        pending="Renovate's flux manager skips a gotk-components.yaml without its `# Flux Version:` header; "
-        "the Flux handoff work changes that file",
+        _lock_version("flux-components"),
+        file="agent/bundle/bundle.lock.yaml",
     ),
-    Pin("Flux (bundle lock)", "fluxcd/flux2", "github-releases", _lock_version("flux-components")),
     Pin("cert-manager chart", "cert-manager", "helm", _helm_version("cert-manager")),
     Pin("cert-manager CRDs (bundle lock)", "cert-manager/cert-manager", "github-releases", _lock_version("cert-manager-crds")),
     Pin("Gateway API CRDs (tree)", "kubernetes-sigs/gateway-api", "github-tags", _gateway_tag),
@@ -185,7 +186,13 @@ def dependencies(report: dict) -> list[dict]:
 def missing(deps: list[dict], pin: Pin, root: Path) -> str:
     """'' when Renovate lists the pin with the tree's version, else what it lists instead."""
     current = pin.current(root)
-    if any(d.get("depName") == pin.dep_name and d.get("datasource") == pin.datasource and str(d.get("currentValue")) == current for d in deps):
+    if any(
+        d.get("depName") == pin.dep_name
+        and d.get("datasource") == pin.datasource
+        and str(d.get("currentValue")) == current
+        and (not pin.file or d.get("packageFile") == pin.file)
+        for d in deps
+    ):
         return ""
     near = [f"{d.get('depName')} {d.get('datasource')} {d.get('currentValue')} ({d['packageFile']})" for d in deps if d.get("depName") == pin.dep_name]
     return (
@@ -229,7 +236,10 @@ def test_renovate_package_rules(report, tmp_path):
     groups = {(d["depName"], d["datasource"]): d["groupName"] for d in deps if d["enabled"]}
     assert groups[("kubernetes-sigs/gateway-api", "github-tags")] == groups[("kubernetes-sigs/gateway-api", "github-releases")] == "gateway-api"
     assert groups[("cert-manager", "helm")] == groups[("cert-manager/cert-manager", "github-releases")] == "cert-manager"
-    assert groups[("fluxcd/flux2", "github-releases")] == "flux"
+    # The tree's OCIRepository and the bundle lock's entry move Flux together.
+    flux = [d for d in deps if d["depName"] == "ghcr.io/fluxcd/flux-manifests" and d["datasource"] == "docker"]
+    assert {d["manager"] for d in flux} == {"flux", "regex"}, flux
+    assert {d["groupName"] for d in flux if d["enabled"]} == {"flux"}, flux
     assert groups[("siderolabs/talos", "github-releases")] == "talos"
 
 

@@ -111,22 +111,43 @@ def check_versions(root: Path, tree: Tree) -> Report:
                 (BUNDLE_LOCK, "bundle lock gateway-api-crds url", _url_version(gw_lock.get("url"))),
             ],
         )
+    # Flux: the agent installs the very artifact Git's flux-components OCIRepository applies:
+    # same repository, same tag, and (once pinned) the same manifest digest.
+    flux = None
     flux_tag = ""
-    flux_where = ""
     for obj in tree.by_kind("OCIRepository", "source.toolkit.fluxcd.io"):
         if str(obj.spec.get("url", "")).endswith("/fluxcd/flux-manifests"):
-            flux_tag, flux_where = str(dig(obj.spec, "ref", "tag", default="")), obj.source
+            flux = obj
     flux_lock = lock.get("flux-components", {})
-    if flux_tag:
+    if flux is not None:
+        url = str(flux.spec.get("url", "")).removeprefix("oci://")
+        tag = str(dig(flux.spec, "ref", "tag", default=""))
+        flux_tag = tag
+        digest = str(dig(flux.spec, "ref", "digest", default="") or "")
         _compare(
             report,
             "Flux",
             [
-                (flux_where, "OCIRepository flux-manifests tag", flux_tag),
+                (flux.source, "OCIRepository flux-components tag", tag),
                 (BUNDLE_LOCK, "bundle lock flux-components version", str(flux_lock.get("version", ""))),
-                (BUNDLE_LOCK, "bundle lock flux-components url", _url_version(flux_lock.get("url"))),
             ],
         )
+        if str(flux_lock.get("oci", "")) != url:
+            report.find(
+                BUNDLE_LOCK,
+                f"bundle lock flux-components is {flux_lock.get('oci') or flux_lock.get('url')!r}, but Git's flux-components OCIRepository ({flux.source}) applies {url}: the agent must install the artifact Git owns",
+            )
+        lock_digest = str(flux_lock.get("digest", "") or "")
+        if digest and lock_digest and digest != lock_digest:
+            report.find(
+                BUNDLE_LOCK,
+                f"Flux is pinned at different digests: OCIRepository flux-components = {digest} ({flux.source}); bundle lock flux-components = {lock_digest}; run `bootstrap-agent bundle refresh` and copy the digest",
+            )
+        if digest and not lock_digest:
+            report.find(
+                BUNDLE_LOCK,
+                f"Git pins flux-manifests at {digest} ({flux.source}) but the bundle lock has no digest: run `bootstrap-agent bundle refresh`",
+            )
     readme = root / "README.md"
     if readme.is_file():
         text = readme.read_text()

@@ -3,5 +3,6 @@
 pub mod envtest;
 pub mod kubeapi;
 pub mod node;
+pub mod registry;
 pub mod swtpm;
 pub mod talos;

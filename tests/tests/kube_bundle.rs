@@ -142,7 +142,17 @@ fn an_unpinned_or_malformed_lock_is_refused_clearly() {
             .iter()
             .any(|a| a.name == "cert-manager-crds" && a.version == "v1.21.1")
     );
-    assert!(lock.artifacts.iter().all(|a| a.url.starts_with("https://")));
+    assert!(
+        lock.artifacts
+            .iter()
+            .all(|a| a.url.starts_with("https://") || a.oci == "ghcr.io/fluxcd/flux-manifests"),
+        "{lock:?}"
+    );
+    // Exactly one source per artifact.
+    let mut both = BundleLock::parse(&text, "t").unwrap();
+    both.artifacts[0].oci = "ghcr.io/example/crds".into();
+    let err = BundleLock::parse(&both.to_yaml().unwrap(), "t").unwrap_err();
+    assert!(err.to_string().contains("exactly one of url"), "{err}");
 }
 
 #[tokio::test]

@@ -65,6 +65,14 @@ async fn execute(command: &BundleCommand) -> Result<(), bundle::BundleError> {
                     &c.old_sha256
                 };
                 println!("{}: {old} -> {}", c.artifact, c.new_sha256);
+                if c.old_digest != c.new_digest {
+                    let old = if c.old_digest.is_empty() {
+                        "(unpinned)"
+                    } else {
+                        &c.old_digest
+                    };
+                    println!("{}: manifest {old} -> {}", c.artifact, c.new_digest);
+                }
             }
             if changes.is_empty() {
                 println!("{}: every pin is current", lock.display());

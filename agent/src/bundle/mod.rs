@@ -1,7 +1,12 @@
-//! The bundle the agent installs: one lock file naming every artifact (name, version, source
-//! URL, sha256), delivered either as a directory (embedded in the extension at build time) or
-//! fetched at boot over HTTPS. Every artifact's digest is checked before it is parsed; a
-//! mismatch is refused with both digests. Artifacts are kept in memory, never written to disk.
+//! The bundle the agent installs: one lock file naming every artifact (name, version, source,
+//! sha256), delivered either as a directory (embedded in the extension at build time) or
+//! fetched at boot over HTTPS. An artifact's source is a URL, or an OCI artifact pinned by its
+//! manifest digest (Flux's components: `ghcr.io/fluxcd/flux-manifests`, the artifact Git's
+//! `flux-components` OCIRepository applies, so that the agent installs exactly what Git then
+//! owns; see [`oci`]). Every artifact's digest is checked before it is parsed; a mismatch is
+//! refused with both digests. Artifacts are kept in memory, never written to disk.
+
+pub mod oci;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,9 +38,17 @@ pub struct LockedArtifact {
     pub name: String,
     pub version: String,
     pub role: Role,
-    /// Where `refresh_lock` and `Bundle::fetch` get it (HTTPS).
+    /// Where `refresh_lock` and `Bundle::fetch` get it (HTTPS); empty for an OCI artifact.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
-    /// File name inside a bundle directory.
+    /// Or an OCI artifact: `REGISTRY/REPOSITORY` (e.g. `ghcr.io/fluxcd/flux-manifests`), whose
+    /// tag is `version`, pinned by `digest`, holding `file` in its one layer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub oci: String,
+    /// The OCI manifest digest (`sha256:…`) `version` resolved to when the pins were refreshed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+    /// File name inside a bundle directory (and, for an OCI artifact, inside its layer).
     pub file: String,
     /// Lower-case hex sha256 of the artifact's bytes; empty until the pins refresh fills it.
     #[serde(default, deserialize_with = "null_as_empty")]
@@ -99,6 +112,8 @@ pub enum BundleError {
         "artifact {artifact}: URL {url} is not HTTPS; only HTTPS sources are accepted (fix the lock)"
     )]
     Insecure { artifact: String, url: String },
+    #[error("artifact {artifact}: {message}")]
+    Artifact { artifact: String, message: String },
 }
 
 impl Classify for BundleError {
@@ -149,6 +164,18 @@ impl BundleLock {
                 problems.push(format!(
                     "artifact {}: file must be a plain file name, got {:?}",
                     a.name, a.file
+                ));
+            }
+            if a.url.is_empty() == a.oci.is_empty() {
+                problems.push(format!(
+                    "artifact {}: give exactly one of url (an HTTPS file) and oci (an OCI artifact)",
+                    a.name
+                ));
+            }
+            if !a.digest.is_empty() && oci::parse_digest(&a.digest).is_none() {
+                problems.push(format!(
+                    "artifact {}: digest must be sha256:<64 hex digits>, got {:?}",
+                    a.name, a.digest
                 ));
             }
             if self.artifacts.iter().filter(|b| b.name == a.name).count() > 1 {
@@ -432,8 +459,8 @@ impl Bundle {
         let client = http_client(opts)?;
         let mut raw = Vec::with_capacity(lock.artifacts.len());
         for a in &lock.artifacts {
-            let bytes = download(&client, a, opts).await?;
-            raw.push((bytes, a.url.clone()));
+            let (bytes, _) = fetch_artifact(&client, a, opts, true).await?;
+            raw.push((bytes, a.source()));
         }
         let lock = lock.clone();
         tokio::task::spawn_blocking(move || Bundle::from_artifacts(&lock, raw))
@@ -460,6 +487,9 @@ pub struct PinChange {
     pub artifact: String,
     pub old_sha256: String,
     pub new_sha256: String,
+    /// An OCI artifact's manifest digest, before and after (empty for a URL).
+    pub old_digest: String,
+    pub new_digest: String,
 }
 
 /// Re-downloads every artifact of `lock` from its URL and returns the lock with the current
@@ -472,22 +502,27 @@ pub async fn refresh_lock(
     let mut new = lock.clone();
     let mut changes = Vec::new();
     for a in new.artifacts.iter_mut() {
-        let bytes = download(&client, a, opts).await?;
+        // Resolve the tag again (an OCI artifact): a moved tag is a new pin.
+        let (bytes, resolved) = fetch_artifact(&client, a, opts, false).await?;
         parse_artifact(a, &bytes)?;
         let digest = sha256_hex(&bytes);
-        if digest != a.sha256.to_lowercase() {
+        let resolved = resolved.unwrap_or_default();
+        if digest != a.sha256.to_lowercase() || resolved != a.digest {
             changes.push(PinChange {
                 artifact: a.name.clone(),
                 old_sha256: a.sha256.clone(),
                 new_sha256: digest.clone(),
+                old_digest: a.digest.clone(),
+                new_digest: resolved.clone(),
             });
             a.sha256 = digest;
+            a.digest = resolved;
         }
     }
     Ok((new, changes))
 }
 
-fn url_allowed(url: &reqwest::Url, opts: &FetchOptions) -> bool {
+pub(crate) fn url_allowed(url: &reqwest::Url, opts: &FetchOptions) -> bool {
     match url.scheme() {
         "https" => true,
         "http" if opts.allow_loopback_http => url.host_str().is_some_and(|h| {
@@ -524,6 +559,55 @@ fn http_client(opts: &FetchOptions) -> Result<reqwest::Client, BundleError> {
             url: String::new(),
             message: format!("cannot build the HTTP client: {e}"),
         })
+}
+
+impl LockedArtifact {
+    /// Where it comes from, for messages: the URL, or `REGISTRY/REPOSITORY:TAG@DIGEST`.
+    pub fn source(&self) -> String {
+        if self.oci.is_empty() {
+            self.url.clone()
+        } else if self.digest.is_empty() {
+            format!("{}:{}", self.oci, self.version)
+        } else {
+            format!("{}:{}@{}", self.oci, self.version, self.digest)
+        }
+    }
+}
+
+/// An artifact's bytes from its source; for an OCI artifact also the manifest digest its tag
+/// resolved to. `pinned`: an OCI artifact must be pulled by its pinned digest (boot and
+/// `bundle fetch`); otherwise by its tag (`bundle refresh`).
+async fn fetch_artifact(
+    client: &reqwest::Client,
+    a: &LockedArtifact,
+    opts: &FetchOptions,
+    pinned: bool,
+) -> Result<(Vec<u8>, Option<String>), BundleError> {
+    if a.oci.is_empty() {
+        return Ok((download(client, a, opts).await?, None));
+    }
+    if pinned && a.digest.is_empty() {
+        return Err(BundleError::Unpinned {
+            artifact: a.name.clone(),
+        });
+    }
+    let reference = oci::Reference::parse(&a.oci).map_err(|message| BundleError::Lock {
+        origin: a.name.clone(),
+        message,
+    })?;
+    let digest = (pinned && !a.digest.is_empty()).then_some(a.digest.as_str());
+    match oci::pull(client, &reference, &a.version, digest, &a.file, opts).await {
+        Ok(p) => Ok((p.file, Some(p.digest))),
+        Err(oci::PullError::Network(message)) => Err(BundleError::Fetch {
+            artifact: a.name.clone(),
+            url: a.source(),
+            message,
+        }),
+        Err(oci::PullError::Artifact(message)) => Err(BundleError::Artifact {
+            artifact: a.name.clone(),
+            message,
+        }),
+    }
 }
 
 async fn download(
@@ -583,8 +667,8 @@ pub async fn download_to_dir(
     let client = http_client(opts)?;
     let mut files = Vec::with_capacity(lock.artifacts.len());
     for a in &lock.artifacts {
-        let bytes = download(&client, a, opts).await?;
-        check_digest(a, &bytes, &a.url)?;
+        let (bytes, _) = fetch_artifact(&client, a, opts, true).await?;
+        check_digest(a, &bytes, &a.source())?;
         parse_artifact(a, &bytes)?;
         files.push((a.file.clone(), bytes));
     }
