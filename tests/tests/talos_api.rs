@@ -555,3 +555,32 @@ async fn a_client_certificate_the_node_rejects_is_named_as_such() {
     );
     assert!(!stderr.contains("transport error"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_caller_that_is_not_an_extension_service_is_refused_and_the_hint_says_so() {
+    // Talos waits up to 5 s for the caller's PID to appear among the services; shortened here.
+    let standin = StandIn::builder()
+        .check_callers(std::time::Duration::from_millis(100))
+        .start()
+        .await;
+    let mut node = NodeClient::connect(standin.socket_path()).await.unwrap();
+    let err = node.version().await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
+    assert!(!err.is_transient());
+    let hint = err.hint().unwrap();
+    assert!(
+        hint.contains("ext-*") && hint.contains("ext-bootstrap-agent") && hint.contains("os:admin"),
+        "{hint}"
+    );
+
+    // The same process, once it is the extension service's, passes.
+    standin.register_service("ext-bootstrap-agent", std::process::id());
+    node.version().await.unwrap();
+    // Other services' processes do not.
+    standin.register_service("ext-bootstrap-agent", std::process::id() + 1);
+    standin.register_service("kubelet", std::process::id());
+    assert_eq!(
+        node.version().await.unwrap_err().code(),
+        Some(Code::PermissionDenied)
+    );
+}

@@ -290,10 +290,19 @@ fn is_transient_code(code: Code) -> bool {
 /// What to do about `code` returned by `method`.
 fn hint(method: &str, code: Code) -> &'static str {
     match (method, code) {
+        // machined answers "not authorized" both for a missing role and, since Talos 1.13, for
+        // a calling process that is not an allowed service: on its socket only processes of
+        // services matching `ext-*` (or apid, the installer...) pass (siderolabs/talos
+        // v1.14.0-rc.1, `internal/app/machined/pkg/system/services/machined.go` lines 177-224;
+        // `pkg/grpc/middleware/auth/unix/authorizer.go`, `ErrNotAuthorized` line 27,
+        // `Authorize` lines 101-174).
         (_, Code::PermissionDenied) => {
-            "The caller lacks the needed role: on machined's socket every call needs the \
-             `talos-role: os:admin` metadata; over the network the talosconfig's client \
-             certificate must carry the os:admin role (Organization)"
+            "The caller is not allowed. On machined's socket every call needs the \
+             `talos-role: os:admin` metadata, and Talos 1.13 and later also check the calling \
+             process: only a process of an extension service (`ext-*`, here \
+             `ext-bootstrap-agent`) may use the socket, so the agent must run as the extension's \
+             service, not by hand on the node or from another container. Over the network the \
+             talosconfig's client certificate must carry the os:admin role (Organization)"
         }
         (_, Code::Unauthenticated) => {
             "The client certificate was not accepted: use a talosconfig issued by this cluster"
