@@ -95,3 +95,29 @@ fn base64_of(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_api_server_they_tried() {
+    let api = KubeApi::start_tls(CrdPolicy::default()).await.unwrap();
+    // Nothing listens on port 1: the connection is refused.
+    let nowhere = api.kubeconfig().replace(&api.url(), "https://127.0.0.1:1");
+    let cluster = Cluster::connect(&nowhere).await.unwrap();
+    assert_eq!(cluster.server(), "https://127.0.0.1:1");
+    let err = cluster.api_ready().await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("cannot talk to the API server at https://127.0.0.1:1"),
+        "{err}"
+    );
+
+    // An API server that answers with an error is named too.
+    let cluster = Cluster::connect(&api.kubeconfig()).await.unwrap();
+    api.unavailable_for(std::time::Duration::from_secs(30));
+    let err = cluster.api_ready().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("the API server at {} answered 503", api.url())),
+        "{err}"
+    );
+}

@@ -14,7 +14,7 @@ use bootstrap_agent::talos::{
     BootstrapOutcome, NodeClient, OperatorClient, TalosConfigError, TalosConfigOptions,
     TalosConfigSelection, TalosError,
 };
-use bootstrap_agent_tests::talos::{NodeKind, StandIn, archive, foreign_ca_pem};
+use bootstrap_agent_tests::talos::{NodeKind, Pki, StandIn, archive, foreign_ca_pem};
 use hyper_util::rt::TokioIo;
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
@@ -501,5 +501,86 @@ async fn talosconfig_errors_name_the_field() {
     assert!(
         err.to_string().contains("/nonexistent/talosconfig"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_the_node_rejects_is_named_as_such() {
+    let root = tempfile::tempdir().unwrap();
+    write_node_file(root.path(), STATUS_PATH, b"{}");
+    let standin = StandIn::builder().root(root.path()).start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = standin.talosconfig_spec("os:admin");
+    // Issued by another cluster's CA: the node's certificate still verifies, ours does not.
+    let other = Pki::new().issue_client("os:admin");
+    spec.crt_pem = other.crt_pem;
+    spec.key_pem = other.key_pem;
+    let path = spec.write(dir.path());
+    let sel = TalosConfigSelection::load(&opts(&path)).unwrap();
+    // With TLS 1.3 the node's verdict arrives after the handshake, at the first call.
+    let err = match OperatorClient::connect(&sel).await {
+        Ok(mut op) => op.read(STATUS_PATH).await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, TalosError::ClientCertificateRejected { .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_transient(), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&standin.endpoint())
+            && msg.contains("rejected the talosconfig's client certificate"),
+        "{msg}"
+    );
+    assert!(err.hint().unwrap().contains("talosconfig"), "{err:?}");
+
+    // The command says the same and exits 2 (a configuration problem), not 1 (retry later).
+    let agent = bootstrap_agent_tests::swtpm::agent_binary().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(agent)
+            .args(["status", "--talosconfig"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("rejected the talosconfig's client certificate")
+            && stderr.contains("hint:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("transport error"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_caller_that_is_not_an_extension_service_is_refused_and_the_hint_says_so() {
+    // Talos waits up to 5 s for the caller's PID to appear among the services; shortened here.
+    let standin = StandIn::builder()
+        .check_callers(std::time::Duration::from_millis(100))
+        .start()
+        .await;
+    let mut node = NodeClient::connect(standin.socket_path()).await.unwrap();
+    let err = node.version().await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
+    assert!(!err.is_transient());
+    let hint = err.hint().unwrap();
+    assert!(
+        hint.contains("ext-*") && hint.contains("ext-bootstrap-agent") && hint.contains("os:admin"),
+        "{hint}"
+    );
+
+    // The same process, once it is the extension service's, passes.
+    standin.register_service("ext-bootstrap-agent", std::process::id());
+    node.version().await.unwrap();
+    // Other services' processes do not.
+    standin.register_service("ext-bootstrap-agent", std::process::id() + 1);
+    standin.register_service("kubelet", std::process::id());
+    assert_eq!(
+        node.version().await.unwrap_err().code(),
+        Some(Code::PermissionDenied)
     );
 }

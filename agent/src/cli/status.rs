@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::duration::parse_duration;
-use crate::error::Classify;
+use crate::error::{Classify, ErrorKind};
 use crate::exit::Exit;
 use crate::status::{Phase, Status};
 use crate::talos::{OperatorClient, TalosConfigOptions, TalosConfigSelection, TalosError};
@@ -105,7 +105,8 @@ impl Source {
 
 /// Reads and renders the status: [`Exit::Success`] when read (ready, running or waiting),
 /// [`Exit::Permanent`] when the agent reports a failure, [`Exit::Transient`] when the status
-/// cannot be read, [`Exit::Config`] when the talosconfig is unusable.
+/// cannot be read, [`Exit::Config`] when the talosconfig is unusable or the node refuses it (its
+/// client certificate rejected, a role without access).
 pub fn run(args: &StatusArgs) -> Exit {
     super::block_on(0, async {
         match read(args).await {
@@ -117,8 +118,10 @@ pub fn run(args: &StatusArgs) -> Exit {
                 {
                     eprintln!("hint: {hint}");
                 }
+                // 3 is the agent's failure; a talosconfig the node will not take is 2.
                 match e {
                     StatusCommandError::TalosConfig(_) => Exit::Config,
+                    StatusCommandError::Talos(t) if t.kind() == ErrorKind::Config => Exit::Config,
                     _ => Exit::Transient,
                 }
             }

@@ -57,16 +57,27 @@ pub const DIGEST_ANNOTATION: &str = "bootstrap-agent.io/applied-digest";
 pub enum KubeError {
     #[error("the kubeconfig is unusable: {0}; check the kubeconfig Talos returned")]
     Kubeconfig(String),
-    #[error("{context}: the API server answered {code} {reason}: {message}")]
+    #[error(
+        "{context}: the API server{} answered {code} {reason}: {message}",
+        at(server)
+    )]
     Api {
         context: String,
+        /// The API server's address, once known ([`KubeError::tried`]).
+        server: String,
         code: u16,
         reason: String,
         message: String,
     },
-    #[error("{context}: cannot talk to the API server: {}", chain(source))]
+    #[error(
+        "{context}: cannot talk to the API server{}: {}",
+        at(server),
+        chain(source)
+    )]
     Transport {
         context: String,
+        /// The API server's address, once known ([`KubeError::tried`]).
+        server: String,
         #[source]
         source: kube::Error,
     },
@@ -126,6 +137,7 @@ impl KubeError {
         match e {
             kube::Error::Api(s) => KubeError::Api {
                 context: context.into(),
+                server: String::new(),
                 code: s.code,
                 reason: s.reason.clone(),
                 message: s.message.clone(),
@@ -135,6 +147,7 @@ impl KubeError {
             | kube::Error::ReadEvents(_)
             | kube::Error::HttpError(_) => KubeError::Transport {
                 context: context.into(),
+                server: String::new(),
                 source: e,
             },
             other => KubeError::Other {
@@ -142,6 +155,16 @@ impl KubeError {
                 message: chain(&other),
             },
         }
+    }
+
+    /// Names the API server the request went to, where the error has no address yet.
+    pub fn tried(mut self, address: &str) -> KubeError {
+        if let KubeError::Api { server, .. } | KubeError::Transport { server, .. } = &mut self
+            && server.is_empty()
+        {
+            *server = address.to_owned();
+        }
+        self
     }
 
     pub(crate) fn code(&self) -> Option<u16> {
@@ -179,11 +202,22 @@ impl Default for ClusterOptions {
     }
 }
 
+/// ` at ADDRESS`, or nothing while the address is unknown.
+fn at(server: &str) -> String {
+    if server.is_empty() {
+        String::new()
+    } else {
+        format!(" at {server}")
+    }
+}
+
 /// A connection to the cluster's API server.
 #[derive(Clone)]
 pub struct Cluster {
     client: kube::Client,
     options: ClusterOptions,
+    /// The API server's address, as the kubeconfig names it; errors name it.
+    server: String,
 }
 
 impl Cluster {
@@ -214,11 +248,17 @@ impl Cluster {
         // minute, the status shows no error meanwhile, and recovery is noticed late. Retries
         // belong to `retry` (per request, capped) and the boot machine (per step, in status).
         config.default_retry = false;
+        let server = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_owned();
         let client =
             kube::Client::try_from(config).map_err(|e| KubeError::Kubeconfig(chain(&e)))?;
         Ok(Cluster {
             client,
             options: ClusterOptions::default(),
+            server,
         })
     }
 
@@ -229,6 +269,15 @@ impl Cluster {
 
     pub fn client(&self) -> &kube::Client {
         &self.client
+    }
+
+    /// The API server's address (`https://HOST:PORT`).
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn tried(&self, e: KubeError) -> KubeError {
+        e.tried(&self.server)
     }
 
     fn budget(&self) -> Instant {
@@ -247,12 +296,13 @@ impl Cluster {
             .client
             .request_text(req)
             .await
-            .map_err(|e| KubeError::from_kube("GET /readyz", e))?;
+            .map_err(|e| self.tried(KubeError::from_kube("GET /readyz", e)))?;
         if text.trim() == "ok" {
             Ok(())
         } else {
             Err(KubeError::Api {
                 context: "GET /readyz".into(),
+                server: self.server.clone(),
                 code: 503,
                 reason: "NotReady".into(),
                 message: text.chars().take(500).collect(),
@@ -267,12 +317,14 @@ impl Cluster {
         name: &str,
         key: &str,
     ) -> Result<bool, KubeError> {
-        secrets::has_key(self, namespace, name, key).await
+        secrets::has_key(self, namespace, name, key)
+            .await
+            .map_err(|e| self.tried(e))
     }
 
     /// Creates each secret when missing; leaves a different one untouched unless `overwrite`.
     pub async fn seed_secrets(&self, specs: &[SecretSpec]) -> Result<Vec<SecretReport>, KubeError> {
-        secrets::seed(self, specs).await
+        secrets::seed(self, specs).await.map_err(|e| self.tried(e))
     }
 
     /// Applies the bundle's CRD sets (namespaces and CRDs) and waits until every one is
@@ -282,7 +334,9 @@ impl Cluster {
         bundle: &Bundle,
         deadline: Duration,
     ) -> Result<Vec<ObjectReport>, KubeError> {
-        self.install_staged(bundle, &bundle.crds, deadline).await
+        self.install_staged(bundle, &bundle.crds, deadline)
+            .await
+            .map_err(|e| self.tried(e))
     }
 
     /// Namespaces and CRDs, wait until the CRDs are Established and served, then the rest.
@@ -316,7 +370,10 @@ impl Cluster {
         deadline: Duration,
     ) -> Result<Vec<ObjectReport>, KubeError> {
         let until = Instant::now() + deadline;
-        if let Some(rev) = flux::applied_revision(self, until).await? {
+        if let Some(rev) = flux::applied_revision(self, until)
+            .await
+            .map_err(|e| self.tried(e))?
+        {
             return Ok(vec![ObjectReport::new(
                 "Kustomization",
                 flux::NAMESPACE,
@@ -326,7 +383,9 @@ impl Cluster {
             )]);
         }
         let left = until.saturating_duration_since(Instant::now());
-        self.install_staged(bundle, &bundle.flux, left).await
+        self.install_staged(bundle, &bundle.flux, left)
+            .await
+            .map_err(|e| self.tried(e))
     }
 
     /// Applies the GitRepository and Kustomization `flux-system`.
@@ -343,6 +402,7 @@ impl Cluster {
         apply::Applier::new(self, &bundle, self.budget())
             .apply_stage(&refs)
             .await
+            .map_err(|e| self.tried(e))
     }
 
     /// Hands the bundle's objects and the sync objects over to their owners in Git, where they
@@ -358,7 +418,9 @@ impl Cluster {
 
     /// One readiness pass over the sync objects and Flux's controllers.
     pub async fn check_ready(&self, sync: &FluxSync) -> Result<Readiness, KubeError> {
-        flux::check_ready(self, sync, self.budget()).await
+        flux::check_ready(self, sync, self.budget())
+            .await
+            .map_err(|e| self.tried(e))
     }
 
     /// The other Kustomizations in Flux's namespace (Git's layers), judged as Flux judges them;

@@ -45,6 +45,20 @@ pub enum TalosError {
         reason: &'static str,
     },
 
+    /// The node refused the talosconfig's client certificate: its TLS stack sent an alert about
+    /// our certificate (Talos's apid, in Go, answers a certificate that does not verify against
+    /// the cluster's CA with `bad_certificate`: `crypto/tls` `handshake_server.go`,
+    /// `processCertsFromClient`). With TLS 1.3 this surfaces at the first call, not at connect.
+    #[error(
+        "the Talos API at {target} rejected the talosconfig's client certificate (TLS alert: {alert})"
+    )]
+    ClientCertificateRejected {
+        /// Where the call went.
+        target: String,
+        /// The TLS alert the node sent.
+        alert: String,
+    },
+
     /// The client certificate, key or CA of the talosconfig is not usable by TLS.
     #[error(
         "the talosconfig credentials cannot be used for TLS: {}",
@@ -137,9 +151,14 @@ impl Classify for TalosError {
             TalosError::SocketConnect { .. } | TalosError::EndpointConnect { .. } => {
                 ErrorKind::Transient
             }
+            TalosError::Call {
+                code: Code::PermissionDenied | Code::Unauthenticated,
+                ..
+            } => ErrorKind::Config,
             TalosError::Call { code, .. } => transient_if(is_transient_code(*code)),
             TalosError::NodeReported { .. } => ErrorKind::Transient,
             TalosError::BadEndpoint { .. }
+            | TalosError::ClientCertificateRejected { .. }
             | TalosError::Tls { .. }
             | TalosError::TalosConfig(_) => ErrorKind::Config,
             TalosError::NotFoundOnNode { .. }
@@ -152,6 +171,13 @@ impl Classify for TalosError {
     fn hint(&self) -> Option<String> {
         match self {
             TalosError::Call { method, code, .. } => Some(hint(method, *code).to_owned()),
+            TalosError::ClientCertificateRejected { .. } => Some(
+                "the client certificate of the talosconfig is not one this cluster issued (or it \
+                 has expired): use the talosconfig of this cluster (Terraform writes it \
+                 SOPS-encrypted as talosconfig.enc.yaml), or have a new one made with \
+                 `talosctl config new` by someone who has it"
+                    .into(),
+            ),
             TalosError::EndpointConnect { source, .. } => {
                 connect_hint(&chain(source)).map(str::to_owned)
             }
@@ -169,8 +195,15 @@ impl TalosError {
         }
     }
 
-    /// Builds a [`TalosError::Call`] from a status, with a hint for the method and code.
+    /// Builds a [`TalosError::Call`] from a status, or a [`TalosError::ClientCertificateRejected`]
+    /// when the status is the transport failing on the node's TLS alert about our certificate.
     pub(crate) fn call(target: &str, method: &'static str, status: &tonic::Status) -> Self {
+        if let Some(alert) = certificate_alert(status) {
+            return TalosError::ClientCertificateRejected {
+                target: target.to_owned(),
+                alert,
+            };
+        }
         TalosError::Call {
             target: target.to_owned(),
             method,
@@ -178,6 +211,66 @@ impl TalosError {
             message: status.message().to_owned(),
         }
     }
+
+    /// An [`TalosError::EndpointConnect`], or a [`TalosError::ClientCertificateRejected`] when
+    /// the handshake failed on the node's alert about our certificate (TLS 1.2).
+    pub(crate) fn connect(endpoint: &str, source: tonic::transport::Error) -> Self {
+        match certificate_alert(&source) {
+            Some(alert) => TalosError::ClientCertificateRejected {
+                target: format!("endpoint {endpoint}"),
+                alert,
+            },
+            None => TalosError::EndpointConnect {
+                endpoint: endpoint.to_owned(),
+                source,
+            },
+        }
+    }
+}
+
+/// TLS alerts a server sends about the client's certificate, by the names rustls gives them in
+/// "received fatal alert: NAME" (rustls 0.23 `error.rs`: `Error::AlertReceived` display, line
+/// 985; how it chooses an alert for a certificate error, lines 625-661). Go's `crypto/tls`, which
+/// Talos's apid uses, sends `bad_certificate` for a client certificate that does not verify
+/// (`handshake_server.go`, `processCertsFromClient`); rustls sends `decrypt_error` when the
+/// chain names the right issuer but another key signed it — the case of another Talos cluster,
+/// whose CA has the same name — and `unknown_ca` when the issuer is unknown.
+const CERTIFICATE_ALERTS: &[&str] = &[
+    "BadCertificate",
+    "UnsupportedCertificate",
+    "CertificateRevoked",
+    "CertificateExpired",
+    "CertificateUnknown",
+    "CertificateRequired",
+    "UnknownCA",
+    "DecryptError",
+    "AccessDenied",
+];
+
+/// A TLS alert the peer sent about our certificate, anywhere in `err`'s sources. The TLS error
+/// reaches us as text inside an I/O error, whose payload `source()` skips, so the payload is
+/// looked at too.
+pub(crate) fn certificate_alert(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let payload = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(ToString::to_string);
+        for text in [Some(e.to_string()), payload].into_iter().flatten() {
+            if let Some((_, rest)) = text.split_once("received fatal alert: ") {
+                let alert: String = rest
+                    .chars()
+                    .take_while(char::is_ascii_alphanumeric)
+                    .collect();
+                if CERTIFICATE_ALERTS.contains(&alert.as_str()) {
+                    return Some(alert);
+                }
+            }
+        }
+        cur = e.source();
+    }
+    None
 }
 
 /// gRPC codes a retry may cure.
@@ -197,10 +290,19 @@ fn is_transient_code(code: Code) -> bool {
 /// What to do about `code` returned by `method`.
 fn hint(method: &str, code: Code) -> &'static str {
     match (method, code) {
+        // machined answers "not authorized" both for a missing role and, since Talos 1.13, for
+        // a calling process that is not an allowed service: on its socket only processes of
+        // services matching `ext-*` (or apid, the installer...) pass (siderolabs/talos
+        // v1.14.0-rc.1, `internal/app/machined/pkg/system/services/machined.go` lines 177-224;
+        // `pkg/grpc/middleware/auth/unix/authorizer.go`, `ErrNotAuthorized` line 27,
+        // `Authorize` lines 101-174).
         (_, Code::PermissionDenied) => {
-            "The caller lacks the needed role: on machined's socket every call needs the \
-             `talos-role: os:admin` metadata; over the network the talosconfig's client \
-             certificate must carry the os:admin role (Organization)"
+            "The caller is not allowed. On machined's socket every call needs the \
+             `talos-role: os:admin` metadata, and Talos 1.13 and later also check the calling \
+             process: only a process of an extension service (`ext-*`, here \
+             `ext-bootstrap-agent`) may use the socket, so the agent must run as the extension's \
+             service, not by hand on the node or from another container. Over the network the \
+             talosconfig's client certificate must carry the os:admin role (Organization)"
         }
         (_, Code::Unauthenticated) => {
             "The client certificate was not accepted: use a talosconfig issued by this cluster"

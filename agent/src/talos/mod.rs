@@ -10,6 +10,7 @@ pub mod error;
 pub mod kubeconfig;
 pub mod node;
 pub mod operator;
+mod probe;
 pub mod proto;
 mod stream;
 pub mod talosconfig;

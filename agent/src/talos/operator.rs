@@ -1,6 +1,7 @@
 //! Operator side: the Talos API through apid (TCP 50000, mutual TLS), authenticated by a
 //! talosconfig. Used to read the agent's status file from an operator machine.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
@@ -9,6 +10,7 @@ use tonic::{Code, Request};
 use tracing::debug;
 
 use super::error::TalosError;
+use super::probe;
 use super::proto::NODE_METADATA_KEY;
 use super::proto::machine::ReadRequest;
 use super::proto::machine::machine_service_client::MachineServiceClient;
@@ -20,6 +22,9 @@ pub const DEFAULT_APID_PORT: u16 = 50000;
 /// Largest file `read` accepts.
 pub const MAX_READ_BYTES: usize = 16 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound on one call through apid: a node that accepts the connection but never answers
+/// fails the call (`DeadlineExceeded`) instead of hanging the command.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A client of apid with the talosconfig's client certificate.
 #[derive(Debug, Clone)]
@@ -27,6 +32,9 @@ pub struct OperatorClient {
     endpoint: String,
     node: Option<String>,
     client: MachineServiceClient<Channel>,
+    /// What a second connection needs to ask whether the node takes our certificate.
+    selection: Arc<TalosConfigSelection>,
+    host: String,
 }
 
 impl OperatorClient {
@@ -56,6 +64,8 @@ impl OperatorClient {
                         endpoint: authority,
                         node: sel.nodes.first().cloned(),
                         client: MachineServiceClient::new(channel),
+                        selection: Arc::new(sel.clone()),
+                        host,
                     });
                 }
                 Err(e) => last = Some(e),
@@ -90,8 +100,27 @@ impl OperatorClient {
     }
 
     /// Reads a regular file on the node (MachineService/Read, needs os:admin). A missing file
-    /// is [`TalosError::NotFoundOnNode`].
+    /// is [`TalosError::NotFoundOnNode`]; a client certificate the node refuses is
+    /// [`TalosError::ClientCertificateRejected`].
     pub async fn read(&mut self, path: &str) -> Result<Vec<u8>, TalosError> {
+        let result = self.read_once(path).await;
+        if let Err(TalosError::Call { code, .. }) = &result
+            && matches!(
+                code,
+                Code::Unknown | Code::Unavailable | Code::Cancelled | Code::Internal
+            )
+            && let Some(alert) =
+                probe::rejected_certificate(&self.selection, &self.host, &self.endpoint).await
+        {
+            return Err(TalosError::ClientCertificateRejected {
+                target: self.target(),
+                alert,
+            });
+        }
+        result
+    }
+
+    async fn read_once(&mut self, path: &str) -> Result<Vec<u8>, TalosError> {
         let target = self.target();
         let mut req = Request::new(ReadRequest {
             path: path.to_owned(),
@@ -153,18 +182,13 @@ async fn connect_one(
         .identity(Identity::from_pem(&sel.crt_pem, &*sel.key_pem))
         .domain_name(host);
     let endpoint = Endpoint::from_shared(format!("https://{authority}"))
-        .map_err(|source| TalosError::EndpointConnect {
-            endpoint: authority.to_owned(),
-            source,
-        })?
+        .map_err(|source| TalosError::connect(authority, source))?
         .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
         .tls_config(tls)
         .map_err(|source| TalosError::Tls { source })?;
     endpoint
         .connect()
         .await
-        .map_err(|source| TalosError::EndpointConnect {
-            endpoint: authority.to_owned(),
-            source,
-        })
+        .map_err(|source| TalosError::connect(authority, source))
 }

@@ -12,7 +12,9 @@
 //! without an etcd CA); `Kubeconfig` (a gzip tar, streamed in chunks); `Read` (a regular file
 //! under the node's root, `NotFound` as machined words it); `ServiceList` — each behind its
 //! role check (`os:admin`, or any `os:*` reader role for `Version` and `ServiceList`), with the
-//! per-node `Metadata` apid adds to replies. The protos are the agent's own subset of Talos's,
+//! per-node `Metadata` apid adds to replies; on request ([`StandInBuilder::check_callers`]),
+//! machined's check that the process calling its socket is an allowed service (`ext-*`). The
+//! protos are the agent's own subset of Talos's,
 //! so no other method exists here; neither do trustd, the machine configuration, or events.
 //!
 //! ```no_run
@@ -44,7 +46,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 pub use pki::{ClientIdentity, Pki, TalosconfigSpec, foreign_ca_pem};
 pub use service::NodeKind;
-use service::{State, Svc, Transport};
+use service::{CallerCheck, State, Svc, Transport};
 
 /// Configures a [`StandIn`] before it starts.
 #[derive(Debug)]
@@ -57,6 +59,7 @@ pub struct StandInBuilder {
     chunk_size: usize,
     root: Option<PathBuf>,
     nodes: BTreeMap<String, Option<PathBuf>>,
+    caller_check: Option<CallerCheck>,
 }
 
 impl Default for StandInBuilder {
@@ -70,6 +73,7 @@ impl Default for StandInBuilder {
             chunk_size: 256,
             root: None,
             nodes: BTreeMap::new(),
+            caller_check: None,
         }
     }
 }
@@ -129,6 +133,18 @@ impl StandInBuilder {
         self
     }
 
+    /// machined checks the process calling its socket, as Talos 1.13 and later do: only a
+    /// registered service ([`StandIn::register_service`]) named `ext-*` (or apid, the installer,
+    /// the dashboard) passes; any other caller gets `PermissionDenied` after `timeout` (Talos
+    /// waits 5 s). See [`service::CallerCheck`].
+    pub fn check_callers(mut self, timeout: std::time::Duration) -> Self {
+        self.caller_check = Some(CallerCheck {
+            services: BTreeMap::new(),
+            timeout,
+        });
+        self
+    }
+
     /// Binds both listeners and starts serving.
     pub async fn start(self) -> StandIn {
         bootstrap_agent::talos::install_crypto_provider();
@@ -142,6 +158,7 @@ impl StandInBuilder {
             chunk_size: self.chunk_size,
             root: self.root,
             nodes: self.nodes,
+            caller_check: self.caller_check,
         }));
         let dir = tempfile::Builder::new()
             .prefix("talos-standin")
@@ -234,6 +251,14 @@ impl StandIn {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that service `id` runs as process `pid` (Talos's `ServicePID` resource), for the
+    /// caller check ([`StandInBuilder::check_callers`]).
+    pub fn register_service(&self, id: &str, pid: u32) {
+        if let Some(check) = self.lock().caller_check.as_mut() {
+            check.services.insert(id.to_owned(), pid);
+        }
     }
 
     /// How many `Bootstrap` calls reached the handler past authorisation.

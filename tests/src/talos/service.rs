@@ -41,6 +41,38 @@ pub(crate) struct State {
     pub root: Option<PathBuf>,
     /// node name → root directory, for `node` metadata through apid.
     pub nodes: BTreeMap<String, Option<PathBuf>>,
+    /// machined's check of the calling process on its socket, when modelled.
+    pub caller_check: Option<CallerCheck>,
+}
+
+/// machined's check of the process calling its socket (siderolabs/talos, since v1.13.0;
+/// `pkg/grpc/middleware/auth/unix/authorizer.go` at v1.14.0-rc.1): the caller's PID, read from
+/// the socket's peer credentials, must be the PID of a running service whose ID matches an
+/// allowed pattern — for the agent, `ext-*` (`internal/app/machined/pkg/system/services/
+/// machined.go`, lines 177-224); the check waits up to `PIDTimeout` (5 s, line 30) for the PID
+/// to be registered, then answers `PermissionDenied` "not authorized" (`ErrNotAuthorized`, line
+/// 27; `Authorize`, lines 101-174). Forked processes matched by mount namespace
+/// (`AllowNamespaceMatch`) are not modelled.
+#[derive(Debug, Clone)]
+pub struct CallerCheck {
+    /// Service ID → PID, as Talos's `ServicePID` resources list them.
+    pub services: BTreeMap<String, u32>,
+    /// How long an unknown PID is waited for.
+    pub timeout: std::time::Duration,
+}
+
+/// Service IDs machined lets call its socket (with their patterns; roles are not narrowed here).
+const ALLOWED_SERVICES: &[&str] = &["apid", "installer", "dashboard", "ext-"];
+
+impl CallerCheck {
+    fn allows(&self, pid: u32) -> bool {
+        self.services.iter().any(|(id, p)| {
+            *p == pid
+                && ALLOWED_SERVICES
+                    .iter()
+                    .any(|a| id == a || (a.ends_with('-') && id.starts_with(a)))
+        })
+    }
 }
 
 /// Which listener a request came through: the local socket trusts `talos-role` metadata;
@@ -96,6 +128,38 @@ impl Svc {
                     Err(_) => Vec::new(),
                 }
             }
+        }
+    }
+
+    /// machined's check of the calling process (local socket only), when modelled.
+    async fn check_caller<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if self.transport != Transport::Local {
+            return Ok(());
+        }
+        let Some(timeout) = self.lock().caller_check.as_ref().map(|c| c.timeout) else {
+            return Ok(());
+        };
+        let pid = req
+            .extensions()
+            .get::<tonic::transport::server::UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .and_then(|cred| cred.pid())
+            .and_then(|pid| u32::try_from(pid).ok());
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let allowed = pid.is_some_and(|pid| {
+                self.lock()
+                    .caller_check
+                    .as_ref()
+                    .is_some_and(|c| c.allows(pid))
+            });
+            if allowed {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::permission_denied("not authorized"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 
@@ -181,6 +245,7 @@ impl MachineService for Svc {
         &self,
         request: Request<BootstrapRequest>,
     ) -> Result<Response<BootstrapResponse>, Status> {
+        self.check_caller(&request).await?;
         self.authorize(&request, ADMIN)?;
         let node = self.node(&request)?;
         let mut st = self.lock();
@@ -221,6 +286,7 @@ impl MachineService for Svc {
         &self,
         request: Request<()>,
     ) -> Result<Response<Self::KubeconfigStream>, Status> {
+        self.check_caller(&request).await?;
         self.authorize(&request, ADMIN)?;
         let node = self.node(&request)?;
         let st = self.lock();
@@ -242,6 +308,7 @@ impl MachineService for Svc {
         &self,
         request: Request<ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
+        self.check_caller(&request).await?;
         self.authorize(&request, ADMIN)?;
         let node = self.node(&request)?;
         let (root, chunk) = {
@@ -281,6 +348,7 @@ impl MachineService for Svc {
         &self,
         request: Request<()>,
     ) -> Result<Response<ServiceListResponse>, Status> {
+        self.check_caller(&request).await?;
         self.authorize(&request, READERS)?;
         let node = self.node(&request)?;
         let services = ["apid", "etcd", "machined", "trustd"]
@@ -306,6 +374,7 @@ impl MachineService for Svc {
     }
 
     async fn version(&self, request: Request<()>) -> Result<Response<VersionResponse>, Status> {
+        self.check_caller(&request).await?;
         self.authorize(&request, READERS)?;
         let node = self.node(&request)?;
         let tag = self.lock().version_tag.clone();
