@@ -8,7 +8,14 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // kube's client logs every failed request at ERROR ("failed with error client error
+    // (Connect)") while the agent is only waiting for the API server; the agent logs its own
+    // retries with the step and the cause. Shown only when RUST_LOG asks for kube_client.
+    let asked = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kube"));
+    if !asked && let Ok(quiet) = "kube_client=off".parse() {
+        filter = filter.add_directive(quiet);
+    }
     let json = std::env::var("BOOTSTRAP_AGENT_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
