@@ -107,8 +107,9 @@ EXPECTED = [
         "ghcr.io/siderolabs/qemu-guest-agent",
         "docker",
         lambda root: "",
-        pending="the image profiles carry a placeholder, the extension's version is looked up at build time; "
-        "one pinned source for Talos, installer, extension and Kubernetes is under way",
+        pending="not pinned on its own: Image Factory serves the qemu-guest-agent built for each Talos "
+        "release, and `make image` looks it up (ref@digest) for the pinned Talos version at build time, "
+        "so it moves with the Talos pin (image-factory/versions.yaml), which Renovate sees",
     ),
     Pin("Flux components (tree)", "ghcr.io/fluxcd/flux-manifests", "docker", _flux_manifests_tag),
     Pin(
