@@ -23,11 +23,12 @@ async fn secrets_in(node: &Node) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_boot_enrols_waits_for_the_sealed_key_then_reaches_flux_ready() {
+async fn first_boot_enrols_waits_for_the_sealed_key_then_reaches_flux_ready_after_a_reboot() {
     let node = Node::start(NodeOptions::default()).await;
     node.write_config(None);
     let waiting = node.service();
-    let recipient = node.wait_for_enrolment(RUN).await;
+    let enrolment = node.wait_for_enrolment(RUN).await;
+    let recipient = enrolment.recipient.clone();
     let status = node.status().unwrap();
     assert_eq!(status.phase, Phase::Waiting);
     let tpm = status.tpm.clone().expect("the recipient is in the status");
@@ -37,6 +38,13 @@ async fn first_boot_enrols_waits_for_the_sealed_key_then_reaches_flux_ready() {
         "{}",
         tpm.command
     );
+    assert_eq!(tpm.salt_key_name.as_deref().map(str::len), Some(68));
+    assert_eq!(
+        status.step(StepId::Unseal).unwrap().state,
+        StepState::Done,
+        "{}",
+        status.render()
+    );
     assert_eq!(
         status.step(StepId::Secrets).unwrap().state,
         StepState::Waiting
@@ -45,16 +53,35 @@ async fn first_boot_enrols_waits_for_the_sealed_key_then_reaches_flux_ready() {
         node.sops_age().await.is_none(),
         "no secret before the key is sealed"
     );
-    // The recipient is this TPM's: the agent's own CLI agrees.
-    let r = node.agent(&["tpm", "recipient", "--tpm", &node.tpm.address()]);
-    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), recipient);
+    // The first boot ends locked: nothing reads the seed for the rest of this boot.
+    assert_ne!(node.pcr(15), "0".repeat(64));
+    assert_eq!(node.tpm.attacker_read_seed(), None);
 
-    // Operator: a new SOPS key, sealed with the real age CLI into the configuration; Talos
-    // restarts the service when its configuration changes.
-    let sealed = node.seal_to(&recipient);
-    node.write_config(Some(&sealed.armor));
+    // Operator: a new SOPS key, sealed with the real age CLI, and the recipient and salt key
+    // name pinned, into the configuration. Without a reboot the agent (which runs again on the
+    // change) cannot unseal it, and says so.
+    let sealed = node.seal_to(&enrolment);
+    node.write_config(Some(&sealed));
+    let failed = node
+        .wait_status(RUN, "a failure asking for a reboot", |s| {
+            s.phase == Phase::Failed
+        })
+        .await;
+    let err = failed.last_error.clone().unwrap();
+    assert_eq!(err.step, StepId::Secrets, "{}", failed.render());
+    assert!(
+        err.message.contains("locked until the next boot"),
+        "{}",
+        err.message
+    );
+    assert!(err.hint.unwrap_or_default().contains("reboot the node"));
+    // One process throughout (no restart loop), stopped while it waits for a new configuration
+    // after the permanent failure.
     let first = waiting.stop().await;
-    assert!(first.exits.iter().all(|e| e.code == Some(0)), "{first:?}");
+    assert_eq!(first.exits.len(), 1, "{first:?}");
+
+    // The reboot (Terraform's apply of the sealed key reboots the node).
+    node.reboot();
     let ready = node.service().wait(RUN).await;
     assert_eq!(ready.last().unwrap().code, Some(0), "{}", ready.log);
 
@@ -67,6 +94,7 @@ async fn first_boot_enrols_waits_for_the_sealed_key_then_reaches_flux_ready() {
         status.render()
     );
     assert_eq!(node.talos.bootstrap_calls(), 1);
+    assert_eq!(node.tpm.attacker_read_seed(), None);
 
     // Operator side: the result read through the Talos API.
     let out = node.status_command(&[]);
@@ -160,7 +188,7 @@ async fn first_boot_with_encrypted_files_in_git_waits_instead_of_failing() {
     );
     node.write_config(None);
     let waiting = node.service();
-    let recipient = node.wait_for_enrolment(RUN).await;
+    let enrolment = node.wait_for_enrolment(RUN).await;
     let status = node.status().unwrap();
     assert_eq!(status.phase, Phase::Waiting, "{}", status.render());
     assert!(status.last_error.is_none(), "{}", status.render());
@@ -174,14 +202,16 @@ async fn first_boot_with_encrypted_files_in_git_waits_instead_of_failing() {
             .contains("decryption failed"),
         "{ready:?}"
     );
-    assert_eq!(status.tpm.as_ref().unwrap().recipient, recipient);
+    assert_eq!(status.tpm.as_ref().unwrap().recipient, enrolment.recipient);
     // No restart loop: the service waits for its configuration.
     assert!(waiting.exits().is_empty(), "{:?}", waiting.exits());
 
-    // Once the key is sealed (and sops-age exists) Flux decrypts and the node gets Ready.
-    let sealed = node.seal_to(&recipient);
-    node.write_config(Some(&sealed.armor));
+    // Once the key is sealed (and sops-age exists after the reboot) Flux decrypts and the
+    // node gets Ready.
+    let sealed = node.seal_to(&enrolment);
     waiting.stop().await;
+    node.write_config(Some(&sealed));
+    node.reboot();
     node.controllers.succeed_kustomization();
     let report = node.service().wait(RUN).await;
     assert_eq!(report.last().unwrap().code, Some(0), "{}", report.log);

@@ -23,7 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::bundle::{Bundle, BundleError};
 use crate::error::{Classify, ErrorKind, chain};
 use crate::kube::{Cluster, FluxSync, KubeError, ObjectReport};
-use crate::seal::{SealError, TpmSettings};
+use crate::seal::{SealError, TpmSettings, UnsealedSecret};
 use crate::talos::{Kubeconfig, NodeClient, TalosError};
 
 pub use self::kube::BundleSettings;
@@ -122,6 +122,7 @@ macro_rules! sequence {
 }
 
 sequence! {
+    secrets::Unseal,
     talos::TalosApi,
     talos::Etcd,
     talos::Kubeconfig,
@@ -262,6 +263,9 @@ pub struct Awaiting {
     pub recipient: String,
     /// The exact command the operator runs to seal an input to it.
     pub command: String,
+    /// The TPM's salt key name, to pin as `tpm.saltKeyName` (not known when the seed was locked
+    /// by an earlier run of this boot).
+    pub salt_key_name: Option<String>,
 }
 
 /// What a step attempt achieved.
@@ -389,8 +393,12 @@ pub struct Context {
     kubeconfig: Option<Kubeconfig>,
     cluster: Option<Cluster>,
     bundle: Option<Result<Bundle, BundleError>>,
-    /// Set by the secrets step while sealed inputs are missing (this run).
+    /// Set by the unseal step while sealed inputs are missing (this run).
     awaiting: Option<Awaiting>,
+    /// The decrypted inputs, from the unseal step until the secrets step has them in the
+    /// cluster; zeroised when dropped. `None` when an earlier run of this boot unsealed and
+    /// locked the seed.
+    unsealed: Option<Vec<UnsealedSecret>>,
 }
 
 impl Context {
@@ -404,6 +412,7 @@ impl Context {
             cluster: None,
             bundle: bundle.map(Ok),
             awaiting: None,
+            unsealed: None,
         }
     }
 
@@ -417,6 +426,15 @@ impl Context {
             self.bundle = Some(Bundle::load_dir(&self.settings.bundle.dir));
         }
         self.bundle.as_ref()
+    }
+}
+
+impl Context {
+    /// Whether this context holds decrypted inputs that are not in the cluster yet. The seed
+    /// is locked once they are decrypted, so a new process could not decrypt them again this
+    /// boot: the caller runs the sequence again with this context instead of exiting.
+    pub fn holds_unsealed(&self) -> bool {
+        self.unsealed.is_some()
     }
 }
 
@@ -436,6 +454,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "unseal",
                 "talos-api",
                 "etcd",
                 "kubeconfig",
@@ -454,7 +473,7 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "talosApi", "etcd", "kubeApi", "secrets", "crds", "flux", "ready"
+                "unseal", "talosApi", "etcd", "kubeApi", "secrets", "crds", "flux", "ready"
             ]
         );
         for id in StepId::ALL {
