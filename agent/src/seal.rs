@@ -741,14 +741,27 @@ pub struct Enrolled {
 }
 
 /// Enrols on an open TPM (idempotent; does not lock). A new seed is only written with
-/// SecureBoot enabled and the firmware in user mode.
+/// SecureBoot enabled and the firmware in user mode, and never while a recipient is pinned.
 pub fn enroll_on(tpm: &mut Tpm, settings: &TpmSettings) -> Result<Enrolled, SealError> {
     let loc = settings.location()?;
     let factor = settings.factor()?;
-    let efivars = settings.efivars.clone();
-    let (enrolment, seed) = seed::enrol(tpm, &loc, move || {
-        secureboot::check_enrolment_allowed(&efivars).map_err(SeedError::from)
-    })?;
+    let (enrolment, seed) = if settings.recipient.is_some() {
+        match seed::read(tpm, &loc) {
+            Ok(seed) => (Enrolment::Existing, seed),
+            Err(SeedError::NotEnrolled { index }) => {
+                return Err(SealError::SeedMissing {
+                    index,
+                    why: "a recipient is pinned (--recipient)",
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        let efivars = settings.efivars.clone();
+        seed::enrol(tpm, &loc, move || {
+            secureboot::check_enrolment_allowed(&efivars).map_err(SeedError::from)
+        })?
+    };
     let recipient = TpmIdentity::derive(&seed, factor).recipient();
     drop(seed);
     if let Some(pinned) = &settings.recipient

@@ -228,6 +228,10 @@ fn a_deleted_seed_is_reported_and_never_enrolled_again() {
     reboot(&tpm);
     let e = seal::unseal(&settings, &[]).expect_err("pinned, no inputs");
     assert!(matches!(e, SealError::SeedMissing { .. }), "{e}");
+    // Nor by `tpm enroll` with the recipient pinned.
+    reboot(&tpm);
+    let e = seal::enroll(&settings).expect_err("enrolled over a pinned recipient");
+    assert!(matches!(e, SealError::SeedMissing { .. }), "{e}");
     assert!(
         !run(&tpm, "tpm2_nvreadpublic", &[INDEX]).status.success(),
         "the index was defined again"
