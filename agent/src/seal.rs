@@ -204,7 +204,7 @@ impl TpmSettings {
     }
 }
 
-/// The PCRs the seed's read policy binds to (SHA-256 bank) and the lock PCR extended after use.
+/// The PCRs the seed's policy binds to (SHA-256 bank) and the lock PCR extended once it is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PcrPolicy {
     pcrs: Vec<u32>,
@@ -292,7 +292,7 @@ impl PcrPolicy {
         &self.pcrs
     }
 
-    /// The PCR extended after use.
+    /// The PCR extended once the seed is read.
     pub fn lock_pcr(&self) -> u32 {
         self.lock_pcr
     }

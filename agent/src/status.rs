@@ -401,13 +401,20 @@ impl Status {
                 "Seal the SOPS key to it and put the result in the agent's configuration:\n  {}",
                 tpm.command
             );
+            match &tpm.salt_key_name {
+                Some(name) => {
+                    let _ = writeln!(
+                        out,
+                        "Pin the recipient (tpm.recipient) and the salt key name (tpm.saltKeyName):\n  {name}"
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "Pin the recipient (tpm.recipient).");
+                }
+            }
             let _ = writeln!(
                 out,
-                "Pin the recipient as tpm.recipient{}. The seed is locked until the next boot: the node must reboot to unseal what you seal now (Terraform's apply of the sealed key does).",
-                tpm.salt_key_name
-                    .as_deref()
-                    .map(|n| format!(" and the salt key name as tpm.saltKeyName:\n  {n}\n"))
-                    .unwrap_or_default()
+                "The seed is locked until the next boot: reboot the node once the sealed key is in the configuration (Terraform's apply of the sealed key does)."
             );
         }
         if let Some(e) = &self.last_error {
@@ -677,7 +684,7 @@ mod tests {
         );
         assert!(text.contains("hint: fix the manifests in Git"), "{text}");
         assert!(text.contains("age -a -r age1xyz"), "{text}");
-        assert!(text.contains("tpm.saltKeyName:\n  000babab"), "{text}");
+        assert!(text.contains("(tpm.saltKeyName):\n  000babab"), "{text}");
         assert!(text.contains("reboot"), "{text}");
         assert!(text.contains("flux-system/flux-system"), "{text}");
     }

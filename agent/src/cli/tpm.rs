@@ -24,7 +24,7 @@ pub struct TpmArgs {
     /// Policy PCRs of the SHA-256 bank, comma-separated.
     #[arg(long, default_value = "7", value_delimiter = ',')]
     pub pcrs: Vec<u32>,
-    /// PCR extended after use (the lock).
+    /// PCR extended once the seed is read, at every boot (the lock).
     #[arg(long, default_value_t = seal::DEFAULT_LOCK_PCR)]
     pub lock_pcr: u32,
     /// Pinned salt key name (hex, as printed by `tpm enroll`); required for tcp:// and unix://
