@@ -15,7 +15,7 @@ use serde_saphyr::Spanned;
 pub(super) struct RawConfig {
     pub(super) talos: Option<Spanned<RawTalos>>,
     pub(super) kubernetes: Option<Spanned<RawKubernetes>>,
-    pub(super) tpm: Option<Spanned<RawTpm>>,
+    pub(super) tpm: Option<RawTpm>,
     #[serde(default)]
     pub(super) secrets: Vec<Spanned<RawSecret>>,
     pub(super) bundle: Option<RawBundle>,
@@ -46,7 +46,7 @@ pub(super) struct RawTpm {
     pub(super) lock_pcr: Option<Spanned<u32>>,
     pub(super) nv_index: Option<Spanned<RawNumber>>,
     pub(super) salt_key_name: Option<Spanned<String>>,
-    pub(super) insecure_transport: Option<Spanned<bool>>,
+    pub(super) insecure_transport: Option<bool>,
     pub(super) recipient: Option<Spanned<String>>,
     pub(super) factor: Option<Spanned<String>>,
     pub(super) efivars: Option<Spanned<String>>,

@@ -120,11 +120,10 @@ impl Validator<'_> {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Option<Config> {
         let cluster = self.cluster(raw.talos, raw.kubernetes);
-        let tpm_line = raw.tpm.as_ref().and_then(line);
-        let tpm = self.tpm(raw.tpm.map(|t| t.value), env);
+        let tpm = self.tpm(raw.tpm, env);
         let secrets = self.secrets(raw.secrets);
         if let (Some(tpm), Some(secrets)) = (&tpm, &secrets) {
-            self.tpm_for_secrets(tpm, secrets, tpm_line);
+            self.tpm_for_secrets(tpm, secrets);
         }
         let bundle = self.bundle(raw.bundle);
         let flux = self.flux(raw.flux);
@@ -312,18 +311,13 @@ impl Validator<'_> {
             policy: policy?,
             nv_index: nv_index?,
             salt_key_name: salt_key_name?,
-            insecure_transport: raw.insecure_transport.as_ref().is_some_and(|i| i.value),
+            insecure_transport: raw.insecure_transport.unwrap_or(false),
             recipient: recipient?,
             factor: factor?,
             efivars: efivars?,
         };
         if let Some(problem) = settings.transport_problem() {
-            let at = raw
-                .device
-                .as_ref()
-                .and_then(line)
-                .or(raw.insecure_transport.as_ref().and_then(line));
-            self.invalid("tpm.device", at, problem);
+            self.invalid("tpm.device", raw.device.as_ref().and_then(line), problem);
             return None;
         }
         Some(settings)
@@ -331,14 +325,14 @@ impl Validator<'_> {
 
     /// What the TPM settings must hold once secrets are configured: the key factor (always),
     /// and the recipient the sealed inputs were made for (as soon as one is sealed).
-    fn tpm_for_secrets(&mut self, tpm: &TpmSettings, secrets: &[SecretSettings], at: Option<u64>) {
+    fn tpm_for_secrets(&mut self, tpm: &TpmSettings, secrets: &[SecretSettings]) {
         if secrets.is_empty() {
             return;
         }
         if tpm.factor.is_none() {
             self.problem(
                 "tpm.factor",
-                at,
+                None,
                 "is missing: the identity secrets are sealed to needs both the TPM's seed and this factor",
                 "add 32 random bytes in hex (Terraform: random_bytes.tpm_factor.hex; by hand: `openssl rand -hex 32`), before the first boot",
             );
@@ -348,7 +342,7 @@ impl Validator<'_> {
         {
             self.problem(
                 "tpm.recipient",
-                at,
+                None,
                 format!(
                     "is missing while secrets[{i}] is sealed: without the pinned recipient a seed planted in the TPM could not be told from ours"
                 ),
