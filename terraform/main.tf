@@ -9,6 +9,12 @@
 # Flux and waits until it is Ready. There is deliberately no
 # talos_machine_bootstrap resource: the node bootstraps itself. Once Talos is
 # installed, talos_iso_attached = false ejects and deletes the ISO.
+#
+# The SOPS key takes two applies: the first boot enrols the TPM and shows its
+# recipient and salt key name; the operator seals the key to that recipient and
+# applies again with both pinned. The agent locks the TPM seed at every boot, so
+# that apply reboots the node (talos_machine_configuration_apply
+# .reboot_for_sealed_inputs) and the next boot unseals it.
 
 locals {
   # One source of truth for versions (Talos, Kubernetes, the extension, the installer): the file
@@ -44,13 +50,22 @@ locals {
       device  = "/dev/tpmrm0"
       pcrs    = [7]
       lockPcr = 15
+      # The configuration's half of the key: the identity is derived from the TPM's seed and
+      # this, so neither our signed image booted with another configuration (which reads the
+      # seed) nor a leaked configuration alone opens the sealed key.
+      factor = random_bytes.tpm_factor.hex
+      # Pinned after the first boot (shown by `bootstrap-agent status`): a TPM that yields
+      # another recipient is refused, and an interposer cannot substitute the salt key.
+      recipient   = var.tpm_recipient == "" ? null : var.tpm_recipient
+      saltKeyName = var.tpm_salt_key_name == "" ? null : var.tpm_salt_key_name
     }
-    secrets = var.sops_age_key_sealed == "" ? [] : [
+    # Always listed, so that the first boot enrols the TPM and waits for the sealed key.
+    secrets = [
       {
         namespace = "flux-system"
         name      = "sops-age"
         key       = "age.agekey"
-        sealed    = trimspace(var.sops_age_key_sealed)
+        sealed    = var.sops_age_key_sealed == "" ? null : trimspace(var.sops_age_key_sealed)
       },
     ]
     # The bundle the extension embeds, as the service sees it: its root is
@@ -88,6 +103,18 @@ locals {
       agent_config = yamlencode(local.agent_config)
     }),
   ]
+}
+
+# ---------------------------------------------------------------- TPM key factor
+
+# 32 random bytes that only the machine configuration carries (tpm.factor): a new value
+# changes the TPM recipient, and the sealed key would have to be sealed again.
+resource "random_bytes" "tpm_factor" {
+  length = 32
+
+  lifecycle {
+    prevent_destroy = true
+  }
 }
 
 # ---------------------------------------------------------------- image and VM
@@ -235,6 +262,10 @@ data "talos_machine_configuration" "this" {
       condition     = can(regex("^v1\\.13\\.[0-9]+$", local.talos_version))
       error_message = "image-factory/versions.yaml: talos is ${local.talos_version}; the patches in terraform/patches/ are written for released Talos 1.13 versions (1.14's generator emits documents they conflict with: adapt them and their model in tests/homelab/talos_model.py first)."
     }
+    precondition {
+      condition     = var.sops_age_key_sealed == "" || var.tpm_recipient != ""
+      error_message = "sops_age_key_sealed is set but tpm_recipient is empty: pin the recipient the key was sealed to (and tpm_salt_key_name), as `bootstrap-agent status` showed them at the first boot."
+    }
   }
 }
 
@@ -251,6 +282,40 @@ resource "talos_machine_configuration_apply" "initial" {
   }
 }
 
+# The agent extends its lock PCR at every boot (first boot included), so a sealed key that
+# reaches a running node can only be unsealed after a reboot. When the sealed key is first set,
+# and whenever it changes, this applies the configuration once more with apply_mode "reboot":
+# Talos persists it and reboots (terraform-provider-talos v0.11.0
+# pkg/talos/talos_machine_configuration_apply_resource.go:108-117, the modes; Talos v1.13.9
+# internal/app/machined/internal/server/v1alpha1/v1alpha1_server.go:322-337, REBOOT persists the
+# configuration and runs the reboot sequence whatever changed). It ignores every other change:
+# those go through talos_machine_configuration_apply.this, which applies after it and then finds
+# nothing to change.
+resource "terraform_data" "sealed_inputs" {
+  input = sha256(trimspace(var.sops_age_key_sealed))
+}
+
+resource "talos_machine_configuration_apply" "reboot_for_sealed_inputs" {
+  count = var.sops_age_key_sealed == "" ? 0 : 1
+
+  client_configuration        = talos_machine_secrets.this.client_configuration
+  machine_configuration_input = data.talos_machine_configuration.this.machine_configuration
+  node                        = var.node_ip
+  endpoint                    = var.node_ip
+  apply_mode                  = "reboot"
+
+  timeouts = {
+    create = "20m"
+  }
+
+  lifecycle {
+    ignore_changes       = [machine_configuration_input]
+    replace_triggered_by = [terraform_data.sealed_inputs]
+  }
+
+  depends_on = [talos_machine_configuration_apply.initial]
+}
+
 # Every configuration after the first: at the static IP.
 resource "talos_machine_configuration_apply" "this" {
   client_configuration        = talos_machine_secrets.this.client_configuration
@@ -263,7 +328,10 @@ resource "talos_machine_configuration_apply" "this" {
     update = "10m"
   }
 
-  depends_on = [talos_machine_configuration_apply.initial]
+  depends_on = [
+    talos_machine_configuration_apply.initial,
+    talos_machine_configuration_apply.reboot_for_sealed_inputs,
+  ]
 }
 
 data "talos_client_configuration" "this" {

@@ -200,12 +200,32 @@ variable "flux_git_branch" {
 }
 
 variable "sops_age_key_sealed" {
-  description = "The SOPS age identity encrypted to the node's TPM recipient (age armor, from `age -a -r <tpm recipient> .age-key.txt`). Empty on the very first apply, when the TPM recipient is not known yet."
+  description = "The SOPS age identity encrypted to the node's TPM recipient (age armor, from `age -a -r <tpm recipient> .age-key.txt`). Empty on the very first apply, when the TPM recipient is not known yet. Setting or changing it reboots the node once (the agent unseals at boot)."
   type        = string
   default     = ""
   validation {
     condition     = var.sops_age_key_sealed == "" || (startswith(trimspace(var.sops_age_key_sealed), "-----BEGIN AGE ENCRYPTED FILE-----") && endswith(trimspace(var.sops_age_key_sealed), "-----END AGE ENCRYPTED FILE-----"))
     error_message = "sops_age_key_sealed must be empty or an age-armored file (-----BEGIN AGE ENCRYPTED FILE----- ... -----END AGE ENCRYPTED FILE-----). Never pass the plain AGE-SECRET-KEY-1... line."
+  }
+}
+
+variable "tpm_recipient" {
+  description = "The node's TPM age recipient, as `bootstrap-agent status` shows it at the first boot (or `bootstrap-agent tpm enroll` prints it). Pinned in the agent's configuration: a TPM that yields another one is refused. Empty until the first boot has shown it."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.tpm_recipient == "" || can(regex("^age1[02-9ac-hj-np-z]{58}$", var.tpm_recipient))
+    error_message = "tpm_recipient must be empty or an age X25519 recipient (age1 followed by 58 bech32 characters), as the agent's status shows it."
+  }
+}
+
+variable "tpm_salt_key_name" {
+  description = "The name of the node's TPM salt key (68 hex digits, 000b...), as `bootstrap-agent status` shows it at the first boot. Pinned so that a TPM bus interposer cannot substitute its own key. Empty until the first boot has shown it."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.tpm_salt_key_name == "" || can(regex("^000b[0-9a-f]{64}$", var.tpm_salt_key_name))
+    error_message = "tpm_salt_key_name must be empty or 000b followed by 64 lower-case hex digits, as the agent's status shows it."
   }
 }
 

@@ -12,6 +12,11 @@ terraform {
       source  = "siderolabs/talos"
       version = "0.11.0"
     }
+    # random_bytes: the bootstrap agent's TPM key factor (32 random bytes, sensitive in state).
+    random = {
+      source  = "hashicorp/random"
+      version = "3.9.0"
+    }
   }
 }
 

@@ -124,6 +124,9 @@ impl<'a, S: Steps> Sequence<'a, S> {
         let mut status = Status::new(&ids);
         if let Some(prev) = previous {
             status.runs = prev.runs.saturating_add(1);
+            // The recipient shown while waiting stays shown: a later run of the same boot finds
+            // the seed locked and cannot derive it again.
+            status.tpm = prev.tpm.clone();
             for id in ids.iter().copied().filter(|id| id.is_durable()) {
                 if let Some(done) = prev.step(id).filter(|r| r.state == StepState::Done) {
                     status.step_mut(id).carry_over(done);
@@ -224,7 +227,9 @@ impl<'a, S: Steps> Sequence<'a, S> {
                 awaiting,
             } => {
                 warn!(step = %id, %message, "waiting for the operator");
-                st.tpm = awaiting.map(Into::into);
+                if let Some(awaiting) = awaiting {
+                    st.tpm = Some(awaiting.into());
+                }
                 st.step_mut(id)
                     .finish(StepState::Waiting, elapsed, Some(message), None);
             }
@@ -256,6 +261,7 @@ impl<'a, S: Steps> Sequence<'a, S> {
                     st.phase = Phase::Ready;
                     st.message = "Flux manages the cluster: every step is done".into();
                     st.last_error = None;
+                    st.tpm = None;
                 }
                 info!(phase = ?st.phase, "boot sequence finished");
             }
@@ -479,7 +485,7 @@ mod tests {
         )
     }
 
-    const TALOS: &str = "talos: {}\nflux: { url: https://e.org/o/r }\nsecrets: [ { name: sops-age, key: age.agekey } ]\n";
+    const TALOS: &str = "talos: {}\nflux: { url: https://e.org/o/r }\ntpm: { factor: '0000000000000000000000000000000000000000000000000000000000000000' }\nsecrets: [ { name: sops-age, key: age.agekey } ]\n";
     const RETRY: RetryConfig = RetryConfig {
         initial: Duration::from_secs(1),
         max: Duration::from_secs(8),
@@ -718,6 +724,7 @@ mod tests {
         let awaiting = Awaiting {
             recipient: "age1abc".into(),
             command: "age -a -r age1abc ...".into(),
+            salt_key_name: None,
         };
         let steps = Scripted::default().answer(
             StepId::Secrets,
@@ -736,6 +743,41 @@ mod tests {
             m.status().step(StepId::Secrets).unwrap().state,
             StepState::Waiting
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_run_of_the_same_boot_keeps_showing_the_recipient_until_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(TALOS);
+        let awaiting = Awaiting {
+            recipient: "age1abc".into(),
+            command: "age -a -r age1abc ...".into(),
+            salt_key_name: Some("000b".into()),
+        };
+        let first = Scripted::default().answer(
+            StepId::Secrets,
+            vec![Ok(Outcome::Waiting {
+                message: "waiting".into(),
+                awaiting: Some(awaiting.clone()),
+            })],
+        );
+        let mut m = machine(&plan, first, dir.path(), None);
+        assert_eq!(m.run().await, RunResult::Waiting);
+        let previous = m.status().clone();
+        // The seed is locked now: a second run cannot derive the recipient again.
+        let second = Scripted::default().answer(
+            StepId::Secrets,
+            vec![Ok(Outcome::Waiting {
+                message: "waiting".into(),
+                awaiting: None,
+            })],
+        );
+        let mut m = machine(&plan, second, dir.path(), Some(previous.clone()));
+        assert_eq!(m.run().await, RunResult::Waiting);
+        assert_eq!(m.status().tpm, Some(TpmRecord::from(awaiting)));
+        let mut m = machine(&plan, Scripted::default(), dir.path(), Some(previous));
+        assert_eq!(m.run().await, RunResult::Ready);
+        assert_eq!(m.status().tpm, None, "nothing to seal once ready");
     }
 
     #[tokio::test(start_paused = true)]

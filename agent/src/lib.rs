@@ -17,6 +17,7 @@ pub mod logging;
 pub mod plan;
 pub mod preflight;
 pub mod seal;
+pub mod secureboot;
 pub mod status;
 pub mod steps;
 pub mod talos;

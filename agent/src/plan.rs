@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn talos_plan_runs_every_step_in_order() {
         let c = config(
-            "talos: {}\nflux: { url: https://e.org/o/r, path: kubernetes/flux-system }\nsecrets: [ { name: sops-age, key: age.agekey } ]\n",
+            "talos: {}\nflux: { url: https://e.org/o/r, path: kubernetes/flux-system }\ntpm: { factor: 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff }\nsecrets: [ { name: sops-age, key: age.agekey } ]\n",
         );
         let plan = Plan::new(&c, vec![]);
         let ids: Vec<StepId> = plan.steps.iter().map(|s| s.id).collect();
@@ -217,6 +217,16 @@ mod tests {
         assert!(
             text.contains("Secret flux-system/sops-age (key age.agekey: sealed input missing"),
             "{text}"
+        );
+        assert!(
+            text.contains("unseal") && text.contains("enrolling it if it has none"),
+            "{text}"
+        );
+        let unseal = ids.iter().position(|s| *s == StepId::Unseal);
+        let kube_api = ids.iter().position(|s| *s == StepId::KubeApi);
+        assert!(
+            unseal < kube_api,
+            "the seed is locked before any Kubernetes step"
         );
         assert!(
             text.contains(
@@ -240,10 +250,12 @@ mod tests {
                     .contains("kubeconfig")
             );
         }
-        assert_eq!(
-            plan.step(StepId::Secrets).unwrap().skip.as_deref(),
-            Some("no secrets configured")
-        );
+        for id in [StepId::Unseal, StepId::Secrets] {
+            assert_eq!(
+                plan.step(id).unwrap().skip.as_deref(),
+                Some("no secrets configured")
+            );
+        }
         assert!(plan.step(StepId::Ready).unwrap().skip.is_none());
     }
 

@@ -111,7 +111,7 @@ mod tests {
     fn references_that_do_not_exist_are_reported_once_each() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "kubernetes: {{ kubeconfig: missing.yaml }}\nflux: {{ url: https://e.org/o/r }}\nbundle: {{ dir: {} }}\nsecrets: [ {{ name: s, key: k, sealedFile: nope.age }} ]\n",
+            "kubernetes: {{ kubeconfig: missing.yaml }}\nflux: {{ url: https://e.org/o/r }}\ntpm: {{ factor: 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff, recipient: age1ypdhz4d9jcynk52crgnzq6kq9mdppdqvhfdaq49xktyendswgvjqgs8qye }}\nbundle: {{ dir: {} }}\nsecrets: [ {{ name: s, key: k, sealedFile: nope.age }} ]\n",
             dir.path().join("no-bundle").display()
         );
         let c = Config::parse(&text, &dir.path().join("c.yaml"), &|_| None).unwrap();
@@ -136,7 +136,7 @@ mod tests {
         std::fs::write(dir.path().join("kc"), "apiVersion: v1\n").unwrap();
         let armor = "-----BEGIN AGE ENCRYPTED FILE-----\n!!!! not base64 !!!!\n-----END AGE ENCRYPTED FILE-----";
         let text = format!(
-            "kubernetes: {{ kubeconfig: kc }}\nflux: {{ url: https://e.org/o/r }}\nbundle: {{ dir: {} }}\nsecrets: [ {{ name: s, key: k, sealed: {armor:?} }} ]\n",
+            "kubernetes: {{ kubeconfig: kc }}\nflux: {{ url: https://e.org/o/r }}\ntpm: {{ factor: 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff, recipient: age1ypdhz4d9jcynk52crgnzq6kq9mdppdqvhfdaq49xktyendswgvjqgs8qye }}\nbundle: {{ dir: {} }}\nsecrets: [ {{ name: s, key: k, sealed: {armor:?} }} ]\n",
             dir.path().display()
         );
         let c = Config::parse(&text, Path::new(&dir.path().join("c.yaml")), &|_| None).unwrap();

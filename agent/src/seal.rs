@@ -1,12 +1,21 @@
-//! TPM seed → age identity; decrypting the sealed inputs of the configuration.
+//! TPM seed + the configuration's key factor → age identity; unsealing the configuration's
+//! sealed inputs and locking the seed, in one call.
 //!
-//! The seed in the TPM's NV index is turned into an X25519 age identity with HKDF-SHA256 and a
-//! versioned label. Its recipient (`age1...`) is public: operators encrypt bootstrap secrets to
-//! it with the standard `age` CLI, and only this TPM, in this SecureBoot state, before the lock
-//! PCR is extended, can decrypt them.
+//! The seed in the TPM's NV index and a 32-byte factor that only the configuration holds are
+//! turned into an X25519 age identity with HKDF-SHA256 and a versioned label: neither the TPM
+//! alone (our signed image booted with someone else's configuration reads the seed) nor the
+//! configuration alone (a leaked machine configuration) yields it. Its recipient (`age1...`) is
+//! public: operators encrypt bootstrap secrets to it with the standard `age` CLI, and the
+//! configuration pins it (`tpm.recipient`), so that a seed planted in the TPM is refused rather
+//! than used.
+//!
+//! [`unseal`] reads the seed (or enrols, when nothing sealed is configured and nothing is
+//! pinned yet), checks the recipient, decrypts every input, and extends the lock PCR before it
+//! returns, whatever happened: nothing can read the seed again until the next boot.
 
 use std::fmt;
 use std::io::Read;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use hkdf::Hkdf;
@@ -14,7 +23,8 @@ use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Classify, ErrorKind, Invalid};
-use crate::tpm::seed::{self, Enrolment, SeedError, SeedLocation};
+use crate::secureboot;
+use crate::tpm::seed::{self, Enrolment, SEED_LEN, SeedError, SeedLocation};
 use crate::tpm::transport::{self, Address};
 use crate::tpm::{Tpm, TpmError};
 
@@ -24,12 +34,78 @@ pub const DEFAULT_NV_INDEX: u32 = 0x0130_5EED;
 pub const DEFAULT_PCRS: [u32; 1] = [7];
 /// Default lock PCR: 15, unused by Talos and the firmware; zero at every boot.
 pub const DEFAULT_LOCK_PCR: u32 = 15;
-/// HKDF salt and info: changing either changes every recipient (hence the version).
+/// HKDF salt and info: changing either changes every recipient (hence the version). v2 mixes
+/// the configuration's key factor into the input keying material.
 const HKDF_SALT: &[u8] = b"bootstrap-agent";
-const HKDF_INFO: &[u8] = b"bootstrap-agent/age-x25519-identity/v1";
+const HKDF_INFO: &[u8] = b"bootstrap-agent/age-x25519-identity/v2";
 /// File names used in the operator's `age` command.
 pub const SEALED_FILE_HINT: &str = "sops-age.tpm.age";
 pub const KEY_FILE_HINT: &str = ".age-key.txt";
+/// Length of the key factor, in bytes.
+pub const FACTOR_LEN: usize = 32;
+
+/// The configuration's half of the identity: 32 random bytes (Terraform's `random_bytes`),
+/// written as 64 hex digits. Zeroised on drop; never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyFactor(Zeroizing<[u8; FACTOR_LEN]>);
+
+impl fmt::Debug for KeyFactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyFactor(<redacted>)")
+    }
+}
+
+impl FromStr for KeyFactor {
+    type Err = Invalid;
+
+    /// 64 hex digits. The error never repeats the value.
+    fn from_str(text: &str) -> Result<KeyFactor, Invalid> {
+        let text = text.trim();
+        let mut bytes = Zeroizing::new([0u8; FACTOR_LEN]);
+        if text.len() != 2 * FACTOR_LEN || hex::decode_to_slice(text, &mut bytes[..]).is_err() {
+            return Err(Invalid::new(
+                format!(
+                    "is not {FACTOR_LEN} bytes in hex ({} characters given, {} expected; content not shown)",
+                    text.len(),
+                    2 * FACTOR_LEN
+                ),
+                "use Terraform's random_bytes (length 32) `.hex`, or `openssl rand -hex 32`",
+            ));
+        }
+        Ok(KeyFactor(bytes))
+    }
+}
+
+impl KeyFactor {
+    /// Reads a factor from a file holding its hex (the `tpm` subcommand's `--factor-file`).
+    pub fn from_file(path: &std::path::Path) -> Result<KeyFactor, Invalid> {
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            Invalid::new(
+                format!("cannot read {}: {e}", path.display()),
+                "give the file holding the key factor (64 hex digits)",
+            )
+        })?);
+        text.parse()
+            .map_err(|e: Invalid| Invalid::new(format!("{}: {}", path.display(), e.message), e.fix))
+    }
+
+    fn bytes(&self) -> &[u8; FACTOR_LEN] {
+        &self.0
+    }
+}
+
+/// Checks an age recipient as pinned in `tpm.recipient`; returns it as written.
+pub fn parse_recipient(text: &str) -> Result<String, Invalid> {
+    let text = text.trim();
+    age::x25519::Recipient::from_str(text)
+        .map(|_| text.to_string())
+        .map_err(|_| {
+            Invalid::new(
+                format!("`{text}` is not an age X25519 recipient (age1…)"),
+                "copy the recipient `bootstrap-agent status` shows while waiting (or `tpm enroll` prints)",
+            )
+        })
+}
 
 /// Where the TPM is and how the seed is guarded: the one shape of the TPM settings, which the
 /// configuration's `tpm` section and the `tpm` subcommand's options both produce.
@@ -41,8 +117,17 @@ pub struct TpmSettings {
     pub nv_index: u32,
     /// Pinned name of the salt key (hex of nameAlg || SHA-256 of its public area), as printed by
     /// `tpm enroll` (see [`salt_key_name`]). When set, a different key is refused (bus
-    /// interposer).
+    /// interposer). Required for `tcp://` and `unix://` unless `insecure_transport`.
     pub salt_key_name: Option<String>,
+    /// Accept a `tcp://` or `unix://` TPM without a pinned salt key (simulators in tests).
+    pub insecure_transport: bool,
+    /// The recipient the sealed inputs were made for. When set, a TPM that yields another one
+    /// is refused, and the agent never enrols.
+    pub recipient: Option<String>,
+    /// The configuration's half of the identity.
+    pub factor: Option<KeyFactor>,
+    /// The directory holding the `SecureBoot` and `SetupMode` UEFI variables.
+    pub efivars: PathBuf,
 }
 
 impl Default for TpmSettings {
@@ -52,6 +137,10 @@ impl Default for TpmSettings {
             policy: PcrPolicy::default(),
             nv_index: DEFAULT_NV_INDEX,
             salt_key_name: None,
+            insecure_transport: false,
+            recipient: None,
+            factor: None,
+            efivars: PathBuf::from(secureboot::SERVICE_EFIVARS),
         }
     }
 }
@@ -62,6 +151,21 @@ impl TpmSettings {
         Ok(Self {
             address: address.parse()?,
             ..Self::default()
+        })
+    }
+
+    /// Why the transport may not be used as configured: a simulator socket is a bus anyone on
+    /// the path can sit on, and only a pinned salt key keeps an interposer out of the session.
+    pub fn transport_problem(&self) -> Option<Invalid> {
+        let simulator = matches!(self.address, Address::Tcp(_) | Address::Unix(_));
+        (simulator && self.salt_key_name.is_none() && !self.insecure_transport).then(|| {
+            Invalid::new(
+                format!(
+                    "{} is a socket, and no salt key name is pinned: an interposer could substitute its own key",
+                    self.address
+                ),
+                "pin tpm.saltKeyName as `tpm enroll` prints it, or set tpm.insecureTransport: true for a simulator in tests",
+            )
         })
     }
 
@@ -82,14 +186,25 @@ impl TpmSettings {
         })
     }
 
+    fn factor(&self) -> Result<&KeyFactor, SealError> {
+        self.factor.as_ref().ok_or_else(|| {
+            SealError::Seed(SeedError::Settings(
+                "no key factor (tpm.factor, or --factor-file): the identity needs both the TPM's seed and the configuration's factor".into(),
+            ))
+        })
+    }
+
     fn open(&self) -> Result<Tpm, SealError> {
+        if let Some(problem) = self.transport_problem() {
+            return Err(SealError::Seed(SeedError::Settings(problem.to_string())));
+        }
         Ok(Tpm::new(
             transport::open(&self.address).map_err(SeedError::from)?,
         ))
     }
 }
 
-/// The PCRs the seed's read policy binds to (SHA-256 bank) and the lock PCR extended after use.
+/// The PCRs the seed's policy binds to (SHA-256 bank) and the lock PCR extended once it is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PcrPolicy {
     pcrs: Vec<u32>,
@@ -177,7 +292,7 @@ impl PcrPolicy {
         &self.pcrs
     }
 
-    /// The PCR extended after use.
+    /// The PCR extended once the seed is read.
     pub fn lock_pcr(&self) -> u32 {
         self.lock_pcr
     }
@@ -238,22 +353,39 @@ impl fmt::Debug for UnsealedSecret {
     }
 }
 
+/// What [`unseal`] found: the recipient, the salt key's name (both public, to pin), and the
+/// decrypted inputs. The seed is locked by the time this exists.
 #[derive(Debug)]
-pub enum UnsealOutcome {
-    Unsealed(Vec<UnsealedSecret>),
-    /// Enrolled (maybe just now) but nothing sealed to it is configured yet: a wait, not a
-    /// failure.
-    AwaitingSealedInput {
-        recipient: String,
-        /// The exact operator command: `age -a -r age1... -o sops-age.tpm.age .age-key.txt`.
-        command: String,
-    },
+pub struct Unsealed {
+    /// This TPM's recipient (the pinned one, when pinned: they were compared).
+    pub recipient: String,
+    /// The salt key's name, as `tpm.saltKeyName` pins it.
+    pub salt_key_name: String,
+    /// The seed was created by this call (first boot).
+    pub enrolled: bool,
+    /// The decrypted inputs, in the order given; zeroised on drop.
+    pub secrets: Vec<UnsealedSecret>,
+}
+
+impl Unsealed {
+    /// The exact operator command: `age -a -r age1... -o sops-age.tpm.age .age-key.txt`.
+    pub fn command(&self) -> String {
+        await_command(&self.recipient)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
     #[error(transparent)]
     Seed(#[from] SeedError),
+    #[error(
+        "the TPM seed is missing or changed (TPM cleared, or tampered with): NV index 0x{index:08X} holds no seed, and {why}; the agent does not enrol again on its own"
+    )]
+    SeedMissing { index: u32, why: &'static str },
+    #[error(
+        "the TPM seed is missing or changed (TPM cleared, or tampered with): the identity this TPM yields is not the pinned recipient {pinned} (tpm.recipient); nothing was decrypted. If tpm.factor changed, that is the cause instead"
+    )]
+    SeedChanged { pinned: String },
     #[error(
         "sealed input {label}: it is not encrypted to this TPM's recipient {recipient} (wrong recipient, another TPM, or a re-enrolled one); encrypt it again with `age -a -r {recipient}`"
     )]
@@ -270,6 +402,11 @@ pub enum SealError {
     NotAnIdentity { label: String, detail: String },
 }
 
+/// What an operator does when the seed is gone or not the pinned one: find out why before
+/// anything else. Re-sealing to whatever the TPM now yields would hand the key to whoever
+/// planted it.
+const SEED_CHANGED_HINT: &str = "do not encrypt anything to a new recipient until you know why: if nobody cleared this TPM or recreated the VM, treat the node as tampered with. A deliberate re-enrolment is described in README (Re-enrolling the TPM)";
+
 impl Classify for SealError {
     fn kind(&self) -> ErrorKind {
         match self {
@@ -281,6 +418,9 @@ impl Classify for SealError {
     fn hint(&self) -> Option<String> {
         match self {
             SealError::Seed(e) => e.hint(),
+            SealError::SeedMissing { .. } | SealError::SeedChanged { .. } => {
+                Some(SEED_CHANGED_HINT.into())
+            }
             _ => None,
         }
     }
@@ -292,7 +432,13 @@ impl From<TpmError> for SealError {
     }
 }
 
-/// The age identity bound to this TPM. Zeroised on drop.
+impl From<secureboot::FirmwareError> for SealError {
+    fn from(e: secureboot::FirmwareError) -> Self {
+        SealError::Seed(SeedError::Firmware(e))
+    }
+}
+
+/// The age identity bound to this TPM and this configuration. Zeroised on drop.
 pub struct TpmIdentity {
     identity: age::x25519::Identity,
 }
@@ -304,9 +450,18 @@ impl fmt::Debug for TpmIdentity {
 }
 
 impl TpmIdentity {
-    /// HKDF-SHA256(seed) → 32-byte X25519 secret → `AGE-SECRET-KEY-1...` → age identity.
-    pub fn from_seed(seed: &[u8; seed::SEED_LEN]) -> Self {
-        let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), seed);
+    /// HKDF-SHA256(seed || factor) → 32-byte X25519 secret → `AGE-SECRET-KEY-1...` → age
+    /// identity.
+    ///
+    /// Zeroised here: the input keying material, the derived secret and its bech32 encodings.
+    /// Not zeroised: the HMAC-SHA256 state inside `hkdf` 0.12 / `hmac` 0.12 / `sha2` 0.10 (the
+    /// HKDF pseudorandom key among it), which these crates keep in plain structs without
+    /// `Zeroize` support; they live on this function's stack only.
+    pub fn derive(seed: &[u8; SEED_LEN], factor: &KeyFactor) -> Self {
+        let mut ikm = Zeroizing::new([0u8; SEED_LEN + FACTOR_LEN]);
+        ikm[..SEED_LEN].copy_from_slice(seed);
+        ikm[SEED_LEN..].copy_from_slice(factor.bytes());
+        let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), &ikm[..]);
         let mut secret = Zeroizing::new([0u8; 32]);
         // 32 bytes is far below HKDF-SHA256's output limit (255 * 32).
         if hk.expand(HKDF_INFO, &mut secret[..]).is_err() {
@@ -444,38 +599,101 @@ fn await_command(recipient: &str) -> String {
     format!("age -a -r {recipient} -o {SEALED_FILE_HINT} {KEY_FILE_HINT}")
 }
 
-/// Unseals on an open TPM (see [`unseal`]).
+/// Unseals on an open TPM, then locks (see [`unseal`]).
 pub fn unseal_on(
     tpm: &mut Tpm,
     settings: &TpmSettings,
     inputs: &[SealedInput],
-) -> Result<UnsealOutcome, SealError> {
+) -> Result<Unsealed, SealError> {
     let loc = settings.location()?;
-    let (enrolment, seed) = seed::enrol(tpm, &loc)?;
-    let identity = TpmIdentity::from_seed(&seed);
+    let result = unseal_unlocked(tpm, settings, &loc, inputs);
+    match &result {
+        // Nothing to do: the lock PCR is extended already.
+        Err(SealError::Seed(
+            SeedError::Locked { .. } | SeedError::LockedBeforeEnrolment { .. },
+        )) => {}
+        _ => match seed::lock(tpm, &loc) {
+            Ok(()) => tracing::info!(
+                pcr = loc.lock_pcr,
+                "lock PCR extended: the seed is sealed until next boot"
+            ),
+            // The plaintext is dropped (zeroised) with `result`: nothing unsealed is handed out
+            // while the seed is still readable.
+            Err(e) if result.is_ok() => return Err(e.into()),
+            Err(e) => {
+                tracing::error!(error = %e, "could not extend the lock PCR after a failed unseal")
+            }
+        },
+    }
+    result
+}
+
+fn unseal_unlocked(
+    tpm: &mut Tpm,
+    settings: &TpmSettings,
+    loc: &SeedLocation,
+    inputs: &[SealedInput],
+) -> Result<Unsealed, SealError> {
+    let factor = settings.factor()?;
+    // Enrol only on a first boot: nothing sealed, nothing pinned. Otherwise a missing seed is
+    // reported, never replaced.
+    let why_not = if !inputs.is_empty() {
+        Some("sealed inputs are configured")
+    } else if settings.recipient.is_some() {
+        Some("a recipient is pinned (tpm.recipient)")
+    } else {
+        None
+    };
+    let (seed, enrolled) = match why_not {
+        None => {
+            let efivars = settings.efivars.clone();
+            let (enrolment, seed) = seed::enrol(tpm, loc, move || {
+                secureboot::check_enrolment_allowed(&efivars).map_err(SeedError::from)
+            })?;
+            (seed, enrolment == Enrolment::Created)
+        }
+        Some(why) => match seed::read(tpm, loc) {
+            Ok(seed) => (seed, false),
+            Err(SeedError::NotEnrolled { index }) => {
+                return Err(SealError::SeedMissing { index, why });
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let identity = TpmIdentity::derive(&seed, factor);
     drop(seed);
     let recipient = identity.recipient();
-    if enrolment == Enrolment::Created {
-        tracing::info!(%recipient, "enrolled this TPM: new seed written and write-locked");
-    }
-    if inputs.is_empty() {
-        return Ok(UnsealOutcome::AwaitingSealedInput {
-            command: await_command(&recipient),
-            recipient,
+    if let Some(pinned) = &settings.recipient
+        && *pinned != recipient
+    {
+        return Err(SealError::SeedChanged {
+            pinned: pinned.clone(),
         });
     }
+    if enrolled {
+        tracing::info!(%recipient, "enrolled this TPM: new seed written and write-locked");
+    }
+    let salt_key_name = hex::encode(seed::salt_key_name(tpm, loc)?);
     let secrets = inputs
         .iter()
         .map(|i| identity.decrypt(i))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(UnsealOutcome::Unsealed(secrets))
+    Ok(Unsealed {
+        recipient,
+        salt_key_name,
+        enrolled,
+        secrets,
+    })
 }
 
-/// Unseals the seed and decrypts every input (blocking: call it from `spawn_blocking`).
+/// Reads the seed, checks the recipient, decrypts every input, and extends the lock PCR before
+/// returning, on success and on failure alike (blocking: call it from `spawn_blocking`).
 ///
-/// Not enrolled → enrols, then [`UnsealOutcome::AwaitingSealedInput`]; enrolled with no inputs
-/// → the same. Does not lock: call [`lock`] once the secrets are confirmed in the cluster.
-pub fn unseal(settings: &TpmSettings, inputs: &[SealedInput]) -> Result<UnsealOutcome, SealError> {
+/// Enrols only when `inputs` is empty and no recipient is pinned (a first boot), and then only
+/// with SecureBoot enabled and the firmware in user mode. With sealed inputs or a pinned
+/// recipient, a missing seed is [`SealError::SeedMissing`] and another seed
+/// [`SealError::SeedChanged`]: permanent, never re-enrolled.
+pub fn unseal(settings: &TpmSettings, inputs: &[SealedInput]) -> Result<Unsealed, SealError> {
     let mut tpm = settings.open()?;
     unseal_on(&mut tpm, settings, inputs)
 }
@@ -492,11 +710,20 @@ pub fn lock(settings: &TpmSettings) -> Result<(), SealError> {
     Ok(())
 }
 
-/// The identity on an open TPM, read-only.
+/// The identity on an open TPM, read-only (does not lock), checked against the pinned recipient.
 pub fn identity_on(tpm: &mut Tpm, settings: &TpmSettings) -> Result<TpmIdentity, SealError> {
     let loc = settings.location()?;
+    let factor = settings.factor()?;
     let seed = seed::read(tpm, &loc)?;
-    Ok(TpmIdentity::from_seed(&seed))
+    let identity = TpmIdentity::derive(&seed, factor);
+    if let Some(pinned) = &settings.recipient
+        && *pinned != identity.recipient()
+    {
+        return Err(SealError::SeedChanged {
+            pinned: pinned.clone(),
+        });
+    }
+    Ok(identity)
 }
 
 /// This TPM's recipient, read-only (fails when not enrolled or locked).
@@ -513,12 +740,37 @@ pub struct Enrolled {
     pub created: bool,
 }
 
-/// Enrols on an open TPM (idempotent).
+/// Enrols on an open TPM (idempotent; does not lock). A new seed is only written with
+/// SecureBoot enabled and the firmware in user mode, and never while a recipient is pinned.
 pub fn enroll_on(tpm: &mut Tpm, settings: &TpmSettings) -> Result<Enrolled, SealError> {
     let loc = settings.location()?;
-    let (enrolment, seed) = seed::enrol(tpm, &loc)?;
-    let recipient = TpmIdentity::from_seed(&seed).recipient();
+    let factor = settings.factor()?;
+    let (enrolment, seed) = if settings.recipient.is_some() {
+        match seed::read(tpm, &loc) {
+            Ok(seed) => (Enrolment::Existing, seed),
+            Err(SeedError::NotEnrolled { index }) => {
+                return Err(SealError::SeedMissing {
+                    index,
+                    why: "a recipient is pinned (--recipient)",
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        let efivars = settings.efivars.clone();
+        seed::enrol(tpm, &loc, move || {
+            secureboot::check_enrolment_allowed(&efivars).map_err(SeedError::from)
+        })?
+    };
+    let recipient = TpmIdentity::derive(&seed, factor).recipient();
     drop(seed);
+    if let Some(pinned) = &settings.recipient
+        && *pinned != recipient
+    {
+        return Err(SealError::SeedChanged {
+            pinned: pinned.clone(),
+        });
+    }
     let salt_key_name = hex::encode(seed::salt_key_name(tpm, &loc)?);
     Ok(Enrolled {
         recipient,
@@ -609,15 +861,59 @@ mod bech32 {
 mod tests {
     use super::*;
 
+    fn factor(byte: u8) -> KeyFactor {
+        hex::encode([byte; FACTOR_LEN]).parse().unwrap()
+    }
+
     #[test]
-    fn identity_is_deterministic_and_seed_dependent() {
-        let a = TpmIdentity::from_seed(&[1; 32]);
-        let b = TpmIdentity::from_seed(&[1; 32]);
-        let c = TpmIdentity::from_seed(&[2; 32]);
+    fn identity_needs_both_the_seed_and_the_factor() {
+        let a = TpmIdentity::derive(&[1; 32], &factor(9));
+        let b = TpmIdentity::derive(&[1; 32], &factor(9));
         assert_eq!(a.recipient(), b.recipient());
-        assert_ne!(a.recipient(), c.recipient());
         assert!(a.recipient().starts_with("age1"));
         assert!(!format!("{a:?}").contains("SECRET"));
+        // Another seed, or another factor: another identity.
+        assert_ne!(
+            a.recipient(),
+            TpmIdentity::derive(&[2; 32], &factor(9)).recipient()
+        );
+        assert_ne!(
+            a.recipient(),
+            TpmIdentity::derive(&[1; 32], &factor(8)).recipient()
+        );
+    }
+
+    #[test]
+    fn factors_parse_from_hex_and_never_show() {
+        let f = factor(0xab);
+        assert_eq!(format!("{f:?}"), "KeyFactor(<redacted>)");
+        let e = "ab".repeat(31).parse::<KeyFactor>().unwrap_err();
+        assert!(e.message.contains("62 characters"), "{e}");
+        assert!(!e.message.contains("abab"), "{e}");
+        let e = "zz".repeat(32).parse::<KeyFactor>().unwrap_err();
+        assert!(e.fix.contains("random_bytes"), "{e}");
+        assert!(
+            format!(" {} ", "AB".repeat(32))
+                .parse::<KeyFactor>()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn simulator_sockets_need_a_pinned_salt_key_or_an_explicit_opt_out() {
+        let mut s = TpmSettings::at("tcp://127.0.0.1:2321").unwrap();
+        let problem = s.transport_problem().unwrap();
+        assert!(
+            problem.message.contains("tcp://127.0.0.1:2321"),
+            "{problem}"
+        );
+        assert!(problem.fix.contains("insecureTransport"), "{problem}");
+        s.insecure_transport = true;
+        assert!(s.transport_problem().is_none());
+        let mut s = TpmSettings::at("unix:///run/swtpm.sock").unwrap();
+        s.salt_key_name = Some("000b".to_string() + &"00".repeat(32));
+        assert!(s.transport_problem().is_none());
+        assert!(TpmSettings::default().transport_problem().is_none());
     }
 
     #[test]

@@ -244,6 +244,9 @@ pub struct TpmRecord {
     pub recipient: String,
     /// The exact command the operator runs to seal an input to it.
     pub command: String,
+    /// The name of the TPM's salt key, to pin as `tpm.saltKeyName` (not secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt_key_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +266,7 @@ impl From<Awaiting> for TpmRecord {
         TpmRecord {
             recipient: a.recipient,
             command: a.command,
+            salt_key_name: a.salt_key_name,
         }
     }
 }
@@ -396,6 +400,21 @@ impl Status {
                 out,
                 "Seal the SOPS key to it and put the result in the agent's configuration:\n  {}",
                 tpm.command
+            );
+            match &tpm.salt_key_name {
+                Some(name) => {
+                    let _ = writeln!(
+                        out,
+                        "Pin the recipient (tpm.recipient) and the salt key name (tpm.saltKeyName):\n  {name}"
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "Pin the recipient (tpm.recipient).");
+                }
+            }
+            let _ = writeln!(
+                out,
+                "The seed is locked until the next boot: reboot the node once the sealed key is in the configuration (Terraform's apply of the sealed key does)."
             );
         }
         if let Some(e) = &self.last_error {
@@ -626,6 +645,7 @@ mod tests {
         s.tpm = Some(TpmRecord {
             recipient: "age1xyz".into(),
             command: "age -a -r age1xyz -o sops-age.tpm.age .age-key.txt".into(),
+            salt_key_name: Some(format!("000b{}", "ab".repeat(32))),
         });
         s.upsert_objects([ObjectRecord {
             kind: "Kustomization".into(),
@@ -664,6 +684,8 @@ mod tests {
         );
         assert!(text.contains("hint: fix the manifests in Git"), "{text}");
         assert!(text.contains("age -a -r age1xyz"), "{text}");
+        assert!(text.contains("(tpm.saltKeyName):\n  000babab"), "{text}");
+        assert!(text.contains("reboot"), "{text}");
         assert!(text.contains("flux-system/flux-system"), "{text}");
     }
 

@@ -564,5 +564,5 @@ def test_unpinned_provider(copy, fixtures):
 
 
 def test_provider_missing_from_required_providers(copy, fixtures):
-    append(copy / "terraform/main.tf", '\nresource "random_id" "x" {\n  byte_length = 4\n}\n')
-    assert_found(findings(copy, fixtures), "terraform/main.tf", "provider 'random'", "not in required_providers")
+    append(copy / "terraform/main.tf", '\nresource "tls_private_key" "x" {\n  algorithm = "ED25519"\n}\n')
+    assert_found(findings(copy, fixtures), "terraform/main.tf", "provider 'tls'", "not in required_providers")

@@ -129,6 +129,7 @@ EXPECTED = [
     Pin("whoami image", "docker.io/traefik/whoami", "docker", _image_tag("docker.io/traefik/whoami")),
     Pin("Terraform provider bpg/proxmox", "proxmox", "terraform-provider", _provider("proxmox")),
     Pin("Terraform provider siderolabs/talos", "talos", "terraform-provider", _provider("talos")),
+    Pin("Terraform provider hashicorp/random", "random", "terraform-provider", _provider("random")),
 ]
 
 

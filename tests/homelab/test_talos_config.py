@@ -20,6 +20,12 @@ import talos_model as tm
 import tfeval
 
 SEALED = "-----BEGIN AGE ENCRYPTED FILE-----\nYWdlLWVuY3J5cHRpb24ub3JnL3YxCg==\n-----END AGE ENCRYPTED FILE-----\n"
+# What the first boot shows and the operator pins (any well-formed values).
+RECIPIENT = "age1" + "q" * 58
+SALT_KEY_NAME = "000b" + "ab" * 32
+# random_bytes.tpm_factor.hex once applied (Terraform knows it only then).
+FACTOR = "5eed" * 16
+SEALED_VARS = {"sops_age_key_sealed": SEALED, "tpm_recipient": RECIPIENT, "tpm_salt_key_name": SALT_KEY_NAME}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +36,17 @@ def talos_fixtures(fixtures: Path) -> Path:
 
 def evaluator(root: Path, **overrides) -> tfeval.Evaluator:
     values = {"sops_age_recipient": "age1" + "q" * 58, **overrides}
-    return tfeval.Evaluator(root / "terraform", values)
+    return tfeval.Evaluator(root / "terraform", values, resources={"random_bytes.tpm_factor": {"hex": FACTOR}})
+
+
+def agent_config(ev: tfeval.Evaluator) -> dict:
+    """The agent's configuration file as the ExtensionServiceConfig delivers it."""
+    _model, docs, _problems = pipeline(ev)
+    esc = next(d for d in docs if d.kind == "ExtensionServiceConfig").body
+    assert esc["name"] == "bootstrap-agent"
+    (config_file,) = esc["configFiles"]
+    assert config_file["mountPath"] == "/usr/local/etc/bootstrap-agent/config.yaml"
+    return yaml.safe_load(config_file["content"])
 
 
 def rendered(ev: tfeval.Evaluator) -> list[tuple[str, str]]:
@@ -58,9 +74,9 @@ def render_problems(problems: list[tm.Problem]) -> str:
 # ----------------------------------------------------------------------------- the real patches
 
 
-@pytest.mark.parametrize("sealed", ["", SEALED], ids=["first-boot", "sealed-key"])
-def test_rendered_patches_are_accepted_by_the_pinned_talos(root, talos_fixtures, sealed):
-    ev = evaluator(root, sops_age_key_sealed=sealed)
+@pytest.mark.parametrize("pins", [{}, SEALED_VARS], ids=["first-boot", "sealed-key"])
+def test_rendered_patches_are_accepted_by_the_pinned_talos(root, talos_fixtures, pins):
+    ev = evaluator(root, **pins)
     model, docs, problems = pipeline(ev)
     assert problems == [], render_problems(problems)
     labels = [d.label for d in docs]
@@ -77,7 +93,7 @@ def test_rendered_patches_are_accepted_by_the_pinned_talos(root, talos_fixtures,
 
 def test_every_patch_document_is_documented_in_the_pinned_schema(root, talos_fixtures):
     """Each document as rendered, before any merge: only fields the schema documents."""
-    ev = evaluator(root, sops_age_key_sealed=SEALED)
+    ev = evaluator(root, **SEALED_VARS)
     model = tm.model_for(ev.local("talos_version"))
     problems = []
     for origin, text in rendered(ev):
@@ -87,16 +103,54 @@ def test_every_patch_document_is_documented_in_the_pinned_schema(root, talos_fix
 
 
 def test_the_agent_configuration_reaches_the_extension_service(root, talos_fixtures):
-    ev = evaluator(root, sops_age_key_sealed=SEALED)
-    _model, docs, _problems = pipeline(ev)
-    esc = next(d for d in docs if d.kind == "ExtensionServiceConfig").body
-    assert esc["name"] == "bootstrap-agent"
-    (config_file,) = esc["configFiles"]
-    assert config_file["mountPath"] == "/usr/local/etc/bootstrap-agent/config.yaml"
-    agent = yaml.safe_load(config_file["content"])
+    agent = agent_config(evaluator(root, **SEALED_VARS))
     assert agent["bundle"]["dir"] == "/bundle", "the bundle sits at /bundle inside the service's root"
     assert agent["secrets"] == [{"namespace": "flux-system", "name": "sops-age", "key": "age.agekey", "sealed": SEALED.strip()}]
     assert agent["talos"]["socket"] == "/system/run/machined/machine.sock"
+    # The pins and the key factor, next to the sealed key.
+    tpm = agent["tpm"]
+    assert tpm["recipient"] == RECIPIENT and tpm["saltKeyName"] == SALT_KEY_NAME, tpm
+    assert tpm["factor"] == FACTOR, "tpm.factor is random_bytes.tpm_factor.hex"
+    assert tpm["device"] == "/dev/tpmrm0" and "insecureTransport" not in tpm, tpm
+
+
+def test_the_first_boot_enrols_with_the_key_factor_and_nothing_pinned(root, talos_fixtures):
+    """Without the factor the recipient shown at the first boot would not be the one the sealed
+    key needs; without the secret's entry the agent would not enrol at all."""
+    agent = agent_config(evaluator(root))
+    assert agent["secrets"] == [{"namespace": "flux-system", "name": "sops-age", "key": "age.agekey", "sealed": None}]
+    tpm = agent["tpm"]
+    assert tpm["factor"] == FACTOR
+    assert tpm["recipient"] is None and tpm["saltKeyName"] is None, tpm
+
+
+def test_the_apply_that_delivers_the_sealed_key_reboots_the_node(root):
+    """The agent locks the seed at every boot: the sealed key is unsealed on the next boot only.
+    terraform-provider-talos v0.11.0 takes apply_mode "reboot" (pkg/talos/
+    talos_machine_configuration_apply_resource.go:108-117)."""
+    import hcl2
+
+    main = hcl2.loads((root / "terraform/main.tf").read_text())
+    resources = {}
+    for block in main["resource"]:
+        for rtype, named in block.items():
+            for name, body in named.items():
+                resources[f"{rtype.strip(chr(34))}.{name.strip(chr(34))}"] = body
+    reboot = resources["talos_machine_configuration_apply.reboot_for_sealed_inputs"]
+    assert reboot["apply_mode"].strip('"') == "reboot", reboot
+    assert "var.sops_age_key_sealed" in str(reboot["count"]), "only once a sealed key is set"
+    (lifecycle,) = reboot["lifecycle"]
+    assert "terraform_data.sealed_inputs" in str(lifecycle["replace_triggered_by"]), "again whenever it changes"
+    assert "machine_configuration_input" in str(lifecycle["ignore_changes"]), "never for other changes"
+    assert "var.sops_age_key_sealed" in str(resources["terraform_data.sealed_inputs"]["input"])
+    assert "talos_machine_configuration_apply.reboot_for_sealed_inputs" in str(
+        resources["talos_machine_configuration_apply.this"]["depends_on"]
+    ), "the regular apply comes after the reboot and then finds nothing to change"
+    # The ISO leaves the VM after the install (talos_iso_attached): our signed image is not
+    # left for anyone to boot with another configuration.
+    assert "var.talos_iso_attached" in str(resources["proxmox_virtual_environment_file.talos_iso"]["count"])
+    factor = resources["random_bytes.tpm_factor"]
+    assert factor["length"] == 32 and factor["lifecycle"][0]["prevent_destroy"] is True
 
 
 # ----------------------------------------------------------------------------- rules that must bite
@@ -206,7 +260,7 @@ def test_every_template_is_used_and_every_patch_comes_from_one(root):
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed (mise install gets it)")
 def test_the_real_terraform_renders_the_same_patches(root, tmp_path):
     """Where Terraform is installed: its templatefile gives the same bytes for the same inputs."""
-    ev = evaluator(root, sops_age_key_sealed=SEALED)
+    ev = evaluator(root, **SEALED_VARS)
     ours = [text for _origin, text in rendered(ev)]
     outputs = []
     for i, (path, variables) in enumerate(ev.template_calls):
@@ -218,3 +272,9 @@ def test_the_real_terraform_renders_the_same_patches(root, tmp_path):
     out = subprocess.run(["terraform", "output", "-json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
     theirs = json.loads(out)
     assert [theirs[f"p{i}"]["value"] for i in range(len(ours))] == ours
+
+
+def test_a_resource_attribute_known_only_after_apply_must_be_given(root):
+    ev = tfeval.Evaluator(root / "terraform", {"sops_age_recipient": "age1" + "q" * 58})
+    with pytest.raises(tfeval.TfError, match=r"random_bytes\.tpm_factor\.hex is known only after apply"):
+        ev.local("agent_config")

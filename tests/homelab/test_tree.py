@@ -16,6 +16,7 @@ import yaml
 
 import conventions
 import homelab_check as hc
+import tfeval
 
 
 def load_yaml_docs(path: Path) -> list[dict]:
@@ -125,9 +126,17 @@ def test_sync_objects_match_the_agent_configuration(root):
     assert sync["spec"]["sourceRef"] == {"kind": "GitRepository", "name": "flux-system"}
     assert set(sync["spec"]) == {"interval", "path", "prune", "sourceRef"}, "the agent applies exactly these fields (no decryption)"
     # The secret the agent unseals is the one the decrypting layers use.
-    secrets_expr = str(agent["secrets"])
-    for field in ('namespace = "flux-system"', 'name = "sops-age"', 'key = "age.agekey"'):
-        assert field in secrets_expr, f"agent secrets entry lacks {field}: {secrets_expr}"
+    ev = tfeval.Evaluator(
+        root / "terraform",
+        {"sops_age_recipient": "age1" + "q" * 58},
+        resources={"random_bytes.tpm_factor": {"hex": "00" * 32}},
+    )
+    (entry,) = ev.local("agent_config")["secrets"]
+    assert {k: entry[k] for k in ("namespace", "name", "key")} == {
+        "namespace": "flux-system",
+        "name": "sops-age",
+        "key": "age.agekey",
+    }, f"agent secrets entry: {entry}"
     assert unquote(agent["talos"]["socket"]) == "/system/run/machined/machine.sock"
     assert unquote(agent["status"]) == "/var/lib/bootstrap-agent/status.json"
 
@@ -207,7 +216,9 @@ def test_sops_round_trip_with_real_sops(tmp_path):
 def test_terraform_export_command_writes_only_ciphertext(root, tmp_path):
     """Run the local-exec command of terraform_data.export as Terraform would."""
     main = hcl(root, "main.tf")
-    export = next(b['"terraform_data"']['"export"'] for b in main["resource"] if '"terraform_data"' in b)
+    export = next(
+        b['"terraform_data"']['"export"'] for b in main["resource"] if '"export"' in b.get('"terraform_data"', {})
+    )
     heredoc = export["provisioner"][0]['"local-exec"']["command"]
     assert heredoc.startswith('"<<-EOT\n'), heredoc[:20]
     command = textwrap.dedent(heredoc.removeprefix('"<<-EOT\n').removesuffix('"').rstrip().removesuffix("EOT"))

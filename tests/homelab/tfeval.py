@@ -10,7 +10,10 @@ unsupported, never a silent guess):
 - ``Evaluator``: the HCL expressions ``terraform/main.tf`` uses to build the patches' inputs:
   literals, string templates, ``var.*`` (defaults from variables.tf, overridable), ``local.*``
   (evaluated lazily, so locals that read resources are never touched), ``path.module``,
-  conditionals, ``==``/``!=``, ``[for x in xs : expr]`` and the functions listed in FUNCTIONS.
+  conditionals, ``==``/``!=``, ``[for x in xs : expr]``, the functions listed in FUNCTIONS, and
+  ``TYPE.NAME.ATTR`` of a resource whose values are known only after apply: the caller gives
+  them (``resources``), as a plan would show them once applied; an attribute not given is an
+  error naming it.
 
 Behaviour follows Terraform 1.11 (the version .mise.toml pins): interpolating a number or bool
 renders it as a string and a list or object is an error ("Cannot include the given value in a
@@ -281,9 +284,16 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {}
 class Evaluator:
     """Evaluates main.tf's locals with the given variables (defaults from variables.tf)."""
 
-    def __init__(self, terraform_dir: Path, overrides: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        terraform_dir: Path,
+        overrides: dict[str, Any] | None = None,
+        resources: dict[str, dict[str, Any]] | None = None,
+    ):
         self.dir = terraform_dir
         self.variables: dict[str, Any] = {}
+        # "TYPE.NAME" -> attributes, for resources the evaluated expressions read.
+        self.resources: dict[str, dict[str, Any]] = dict(resources or {})
         self.locals_src: dict[str, tuple[Any, str]] = {}
         self._locals: dict[str, Any] = {}
         self._evaluating: set[str] = set()
@@ -348,6 +358,12 @@ class Evaluator:
         if name not in self.variables:
             raise TfError(f"{where}: var.{name} has no default and no value was given")
         return self.variables[name]
+
+    def resource(self, address: str, attr: str, where: str) -> Any:
+        attrs = self.resources.get(address)
+        if attrs is None or attr not in attrs:
+            raise TfError(f"{where}: {address}.{attr} is known only after apply and no value was given for it")
+        return attrs[attr]
 
 
 def _single_interpolation(s: str) -> bool:
@@ -512,9 +528,15 @@ class _Parser:
                 if attr == "module":
                     return str(self.ev.dir)
                 raise TfError(f"{self.where}: path.{attr} is not supported")
+            if self.at("op", ".") and self.peek(1).kind == "ident" and self.peek(2).kind == "op" and self.peek(2).value == "." and self.peek(3).kind == "ident":
+                self.take()
+                resource_name = self.take().value
+                self.take()
+                attr = self.take().value
+                return self.ev.resource(f"{name}.{resource_name}", attr, self.where) if live else None
             if not live:
                 return None
-            raise TfError(f"{self.where}: reference {name!r} is not in the supported subset (var, local, path.module)")
+            raise TfError(f"{self.where}: reference {name!r} is not in the supported subset (var, local, path.module, TYPE.NAME.ATTR)")
         raise TfError(f"{self.where}: unexpected {tok.value!r}")
 
     def template(self, parts: list[Any], live: bool) -> Any:

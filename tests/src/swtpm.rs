@@ -1,5 +1,7 @@
 //! A real swtpm per test: TCP (127.0.0.1, free ports) or Unix sockets in a temp dir, killed on
-//! drop. Plus functions that run tpm2-tools against it and find the built agent binary.
+//! drop. Plus functions that run tpm2-tools against it (including the attacker's read of the
+//! seed), the agent's TPM settings for it (a test key factor, fake efivars with SecureBoot on),
+//! and the built agent binary.
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
@@ -7,7 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use bootstrap_agent::seal::{self, TpmSettings};
+use bootstrap_agent::secureboot;
 use tempfile::TempDir;
+
+/// The key factor the tests configure (`tpm.factor`): not secret, a test value.
+pub const TEST_FACTOR: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 
 /// How the TPM is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +154,84 @@ impl Swtpm {
             )));
         }
         Ok(())
+    }
+
+    /// Fake efivars in the scratch directory (as efivarfs presents SecureBoot and SetupMode);
+    /// returns the directory.
+    // Test support: a broken environment is reported by a panic with a clear message.
+    #[allow(clippy::expect_used)]
+    pub fn efivars(&self, secure_boot: bool, setup_mode: bool) -> PathBuf {
+        let dir = self.dir.path().join("efivars");
+        secureboot::write_fake(&dir, secure_boot, setup_mode).expect("write fake efivars");
+        dir
+    }
+
+    /// The agent's settings for this TPM as the tests use it: no pinned salt key (a simulator,
+    /// `insecure_transport`), the test key factor, SecureBoot on in user mode.
+    // Test support: a broken environment is reported by a panic with a clear message.
+    #[allow(clippy::expect_used)]
+    pub fn settings(&self) -> TpmSettings {
+        TpmSettings {
+            insecure_transport: true,
+            factor: Some(TEST_FACTOR.parse().expect("test factor")),
+            efivars: self.efivars(true, false),
+            ..TpmSettings::at(&self.address()).expect("swtpm address")
+        }
+    }
+
+    /// The test key factor in a file, for `--factor-file`.
+    // Test support: a broken environment is reported by a panic with a clear message.
+    #[allow(clippy::expect_used)]
+    pub fn factor_file(&self) -> PathBuf {
+        let path = self.dir.path().join("factor.hex");
+        std::fs::write(&path, TEST_FACTOR).expect("write factor file");
+        path
+    }
+
+    /// The attacker's read with tpm2-tools: a policy session, PolicyPCR over SHA-256 PCRs 7 and
+    /// 15 (the agent's default policy), NV_Read of the default index. `Some(seed)` when the
+    /// TPM hands it out.
+    // Test support: a broken environment is reported by a panic with a clear message.
+    #[allow(clippy::expect_used)]
+    pub fn attacker_read_seed(&self) -> Option<Vec<u8>> {
+        let index = format!("0x{:08X}", seal::DEFAULT_NV_INDEX);
+        let run = |tool: &str, args: &[&str]| self.tpm2(tool, args).expect("run tpm2-tools");
+        let started = run(
+            "tpm2_startauthsession",
+            &["--policy-session", "-S", "attacker.ctx"],
+        );
+        assert!(
+            started.status.success(),
+            "tpm2_startauthsession: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        let policy = run(
+            "tpm2_policypcr",
+            &["-S", "attacker.ctx", "-l", "sha256:7,15"],
+        );
+        let read = policy.status.success().then(|| {
+            run(
+                "tpm2_nvread",
+                &[
+                    &index,
+                    "-C",
+                    &index,
+                    "-P",
+                    "session:attacker.ctx",
+                    "-s",
+                    "32",
+                    "-o",
+                    "stolen.bin",
+                ],
+            )
+        });
+        run("tpm2_flushcontext", &["attacker.ctx"]);
+        let path = self.dir.path().join("stolen.bin");
+        let stolen = read
+            .filter(|o| o.status.success())
+            .and_then(|_| std::fs::read(&path).ok());
+        let _ = std::fs::remove_file(&path);
+        stolen
     }
 
     /// Runs a tpm2-tools command against this TPM.

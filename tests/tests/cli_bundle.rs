@@ -74,6 +74,7 @@ fn plan_lists_the_bundle_objects_in_stages_and_the_sync_objects() {
         &config,
         "kubernetes: { kubeconfig: kubeconfig }\n\
          bundle: { dir: bundle }\n\
+         tpm: { factor: 5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed }\n\
          secrets: [ { name: sops-age, key: age.agekey } ]\n\
          flux: { url: https://github.com/catinthehack/homelab, path: ./kubernetes/flux-system }\n",
     )
@@ -83,6 +84,7 @@ fn plan_lists_the_bundle_objects_in_stages_and_the_sync_objects() {
     assert_eq!(out.status.code(), Some(0), "{plan}");
     for needle in [
         "talos-api  skip",
+        "unseal",
         "[secrets]",
         "Secret flux-system/sops-age (key age.agekey: sealed input missing",
         "[definitions]",

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bootstrap_agent::plan::StepId;
 use bootstrap_agent::status::{ErrorKind, Phase, StepState};
-use bootstrap_agent_tests::node::{Node, NodeOptions, TALOS_RESTART_INTERVAL};
+use bootstrap_agent_tests::node::{Node, NodeOptions, Sealed, TALOS_RESTART_INTERVAL};
 
 const RUN: Duration = Duration::from_secs(120);
 
@@ -103,7 +103,7 @@ async fn pcr7_changed_is_a_precise_failure_and_nothing_is_created() {
     let (service, status) = node.service_until_failed(RUN).await;
     service.stop().await;
     let err = status.last_error.clone().unwrap();
-    assert_eq!(err.step, StepId::Secrets);
+    assert_eq!(err.step, StepId::Unseal);
     assert!(err.message.contains("PCR 7"), "{}", err.message);
     assert!(err.message.contains("SecureBoot"), "{}", err.message);
     let mutations = node.kube.agent_mutations().await;
@@ -134,11 +134,14 @@ async fn corrupted_sealed_input_is_a_precise_failure() {
         })
         .collect();
     *body = flipped;
-    node.write_config(Some(&lines.join("\n")));
+    node.write_config(Some(&Sealed {
+        armor: lines.join("\n"),
+        ..sealed
+    }));
     let (service, status) = node.service_until_failed(RUN).await;
     service.stop().await;
     let err = status.last_error.unwrap();
-    assert_eq!(err.step, StepId::Secrets);
+    assert_eq!(err.step, StepId::Unseal);
     assert!(
         err.message.contains("flux-system/sops-age"),
         "{}",
@@ -177,8 +180,8 @@ async fn a_bad_configuration_is_attempted_once_then_again_when_it_changes() {
 
     // The fixed configuration is picked up by the same process.
     node.write_config_text(&good);
-    let recipient = node.wait_for_enrolment(RUN).await;
-    assert!(recipient.starts_with("age1"));
+    let enrolment = node.wait_for_enrolment(RUN).await;
+    assert!(enrolment.recipient.starts_with("age1"));
     assert!(service.exits().is_empty(), "{:?}", service.exits());
     assert_eq!(node.status().unwrap().runs, 2);
     service.stop().await;

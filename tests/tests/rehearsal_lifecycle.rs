@@ -24,11 +24,12 @@ async fn secrets_in(node: &Node) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_boot_enrols_waits_for_the_sealed_key_then_reaches_flux_ready() {
+async fn first_boot_enrols_waits_for_the_sealed_key_then_reaches_flux_ready_after_a_reboot() {
     let node = Node::start(NodeOptions::default()).await;
     node.write_config(None);
     let waiting = node.service();
-    let recipient = node.wait_for_enrolment(RUN).await;
+    let enrolment = node.wait_for_enrolment(RUN).await;
+    let recipient = enrolment.recipient.clone();
     let status = node.status().unwrap();
     assert_eq!(status.phase, Phase::Waiting);
     let tpm = status.tpm.clone().expect("the recipient is in the status");
@@ -38,6 +39,13 @@ async fn first_boot_enrols_waits_for_the_sealed_key_then_reaches_flux_ready() {
         "{}",
         tpm.command
     );
+    assert_eq!(tpm.salt_key_name.as_deref().map(str::len), Some(68));
+    assert_eq!(
+        status.step(StepId::Unseal).unwrap().state,
+        StepState::Done,
+        "{}",
+        status.render()
+    );
     assert_eq!(
         status.step(StepId::Secrets).unwrap().state,
         StepState::Waiting
@@ -46,16 +54,35 @@ async fn first_boot_enrols_waits_for_the_sealed_key_then_reaches_flux_ready() {
         node.sops_age().await.is_none(),
         "no secret before the key is sealed"
     );
-    // The recipient is this TPM's: the agent's own CLI agrees.
-    let r = node.agent(&["tpm", "recipient", "--tpm", &node.tpm.address()]);
-    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), recipient);
+    // The first boot ends locked: nothing reads the seed for the rest of this boot.
+    assert_ne!(node.pcr(15), "0".repeat(64));
+    assert_eq!(node.tpm.attacker_read_seed(), None);
 
-    // Operator: a new SOPS key, sealed with the real age CLI into the configuration; Talos
-    // restarts the service when its configuration changes.
-    let sealed = node.seal_to(&recipient);
-    node.write_config(Some(&sealed.armor));
+    // Operator: a new SOPS key, sealed with the real age CLI, and the recipient and salt key
+    // name pinned, into the configuration. Without a reboot the agent (which runs again on the
+    // change) cannot unseal it, and says so.
+    let sealed = node.seal_to(&enrolment);
+    node.write_config(Some(&sealed));
+    let failed = node
+        .wait_status(RUN, "a failure asking for a reboot", |s| {
+            s.phase == Phase::Failed
+        })
+        .await;
+    let err = failed.last_error.clone().unwrap();
+    assert_eq!(err.step, StepId::Secrets, "{}", failed.render());
+    assert!(
+        err.message.contains("locked until the next boot"),
+        "{}",
+        err.message
+    );
+    assert!(err.hint.unwrap_or_default().contains("reboot the node"));
+    // One process throughout (no restart loop), stopped while it waits for a new configuration
+    // after the permanent failure.
     let first = waiting.stop().await;
-    assert!(first.exits.iter().all(|e| e.code == Some(0)), "{first:?}");
+    assert_eq!(first.exits.len(), 1, "{first:?}");
+
+    // The reboot (Terraform's apply of the sealed key reboots the node).
+    node.reboot();
     let ready = node.service().wait(RUN).await;
     assert_eq!(ready.last().unwrap().code, Some(0), "{}", ready.log);
 
@@ -78,6 +105,7 @@ async fn first_boot_enrols_waits_for_the_sealed_key_then_reaches_flux_ready() {
         let managers = bootstrap_agent_tests::envtest::managers(&d);
         assert!(!managers.contains_key("bootstrap-agent"), "{managers:?}");
     }
+    assert_eq!(node.tpm.attacker_read_seed(), None);
 
     // Operator side: the result read through the Talos API.
     let out = node.status_command(&[]);
@@ -168,7 +196,7 @@ async fn first_boot_without_the_key_flux_is_ready_and_the_encrypted_layer_waits(
     node.controllers.with_encrypted_layer();
     node.write_config(None);
     let waiting = node.service();
-    let recipient = node.wait_for_enrolment(RUN).await;
+    let enrolment = node.wait_for_enrolment(RUN).await;
     let status = node
         .wait_status(RUN, "the encrypted layer reported", |s| {
             s.objects
@@ -196,14 +224,16 @@ async fn first_boot_without_the_key_flux_is_ready_and_the_encrypted_layer_waits(
         .unwrap();
     assert!(layer.message.contains("decryption failed"), "{layer:?}");
     assert!(layer.message.contains("SOPS key"), "{layer:?}");
-    assert_eq!(status.tpm.as_ref().unwrap().recipient, recipient);
+    assert_eq!(status.tpm.as_ref().unwrap().recipient, enrolment.recipient);
     // No restart loop: the service waits for its configuration.
     assert!(waiting.exits().is_empty(), "{:?}", waiting.exits());
 
-    // Once the key is sealed (and sops-age exists) the layer decrypts and the node is Ready.
-    let sealed = node.seal_to(&recipient);
-    node.write_config(Some(&sealed.armor));
+    // Once the key is sealed (and sops-age exists after the reboot) the layer decrypts and the
+    // node is Ready.
+    let sealed = node.seal_to(&enrolment);
     waiting.stop().await;
+    node.write_config(Some(&sealed));
+    node.reboot();
     let report = node.service().wait(RUN).await;
     assert_eq!(report.last().unwrap().code, Some(0), "{}", report.log);
     assert_eq!(node.status().unwrap().phase, Phase::Ready);

@@ -1,5 +1,7 @@
 //! Security of the whole run: no secret bytes in the agent's log, its status file or any file
-//! it wrote; the lock PCR extended after success; a second unseal in the same boot refused.
+//! it wrote; the seed unreadable (tpm2-tools as the attacker) after every way a run ends:
+//! success, waiting, permanent failure, SIGTERM and SIGKILL mid-run; a second unseal in the
+//! same boot refused, and the decrypted inputs kept across a transient failure instead.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
@@ -7,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
-use bootstrap_agent::status::Phase;
+use bootstrap_agent::plan::StepId;
+use bootstrap_agent::status::{Phase, StepState};
 use bootstrap_agent_tests::node::{Node, NodeOptions, key_line};
+use bootstrap_agent_tests::swtpm::TEST_FACTOR;
 
 const RUN: Duration = Duration::from_secs(90);
 
@@ -118,7 +122,11 @@ async fn no_secret_in_logs_status_or_files_lock_extended_second_unseal_refused()
     // The agent writes its status and nothing else (no kubeconfig, no key, no temp files).
     let written: Vec<&PathBuf> = files
         .iter()
-        .filter(|f| **f != node.config_path() && **f != node.status_path())
+        .filter(|f| {
+            **f != node.config_path()
+                && **f != node.status_path()
+                && !f.starts_with(node.efivars_dir())
+        })
         .collect();
     assert!(
         written.is_empty(),
@@ -138,8 +146,15 @@ async fn no_secret_in_logs_status_or_files_lock_extended_second_unseal_refused()
             assert!(!find(bytes, needle), "{what} found in {place}");
         }
     }
-    // The logs are real logs: they say what happened.
+    // The logs are real logs: they say what happened; the factor is never in them.
     assert!(ready.log.contains("lock PCR extended"), "{}", ready.log);
+    let config = node.config_path().display().to_string();
+    for (place, bytes) in places.iter().filter(|(p, _)| *p != config) {
+        assert!(
+            !find(bytes, TEST_FACTOR.as_bytes()),
+            "the key factor found in {place}"
+        );
+    }
 
     // The lock PCR was extended after success.
     assert_ne!(
@@ -148,17 +163,27 @@ async fn no_secret_in_logs_status_or_files_lock_extended_second_unseal_refused()
         "PCR 15 must be extended after the secrets are in place"
     );
 
+    assert_eq!(node.tpm.attacker_read_seed(), None);
+
     // A second unseal in the same boot fails, naming the lock.
     let sealed_file = node.work().join("sops-age.tpm.age");
     std::fs::write(&sealed_file, &sealed.armor).unwrap();
-    let check = node.agent(&[
+    let factor = node.tpm.factor_file().display().to_string();
+    let check_args = [
         "tpm",
         "check",
         "--tpm",
         &node.tpm.address(),
+        "--salt-key-name",
+        &sealed.salt_key_name,
+        "--recipient",
+        &sealed.recipient,
+        "--factor-file",
+        &factor,
         "--sealed",
         &sealed_file.display().to_string(),
-    ]);
+    ];
+    let check = node.agent(&check_args);
     let err = String::from_utf8_lossy(&check.stderr);
     assert!(!check.status.success(), "unseal after the lock must fail");
     assert!(err.contains("locked"), "{err}");
@@ -166,17 +191,134 @@ async fn no_secret_in_logs_status_or_files_lock_extended_second_unseal_refused()
 
     // After a reboot the same check works again (the lock resets with the PCRs).
     node.reboot();
-    let check = node.agent(&[
-        "tpm",
-        "check",
-        "--tpm",
-        &node.tpm.address(),
-        "--sealed",
-        &sealed_file.display().to_string(),
-    ]);
+    let check = node.agent(&check_args);
     assert!(
         check.status.success(),
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+}
+
+/// Waits until step `step` is running (or retrying) in the status file.
+async fn wait_running(node: &Node, step: StepId) {
+    node.wait_status(RUN, &format!("{step} running"), |s| {
+        s.step(step)
+            .is_some_and(|r| matches!(r.state, StepState::Running | StepState::Retrying))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_is_unreadable_after_every_way_a_run_ends() {
+    let node = Node::start(NodeOptions::default()).await;
+    let locked = |what: &str| {
+        assert_eq!(
+            node.tpm.attacker_read_seed(),
+            None,
+            "the attacker read the seed after: {what}"
+        );
+    };
+
+    // Waiting (first boot): enrolled, locked, waiting for the operator.
+    node.write_config(None);
+    let waiting = node.service();
+    let enrolment = node.wait_for_enrolment(RUN).await;
+    locked("the waiting path");
+    waiting.stop().await;
+    locked("SIGTERM while waiting");
+    let sealed = node.seal_to(&enrolment);
+    node.write_config(Some(&sealed));
+
+    // SIGTERM mid-run: unsealed, the API server not up yet.
+    node.reboot();
+    assert!(
+        node.tpm.attacker_read_seed().is_some(),
+        "the attacker's read works before the agent"
+    );
+    node.kube.kill_apiserver();
+    let service = node.service();
+    wait_running(&node, StepId::KubeApi).await;
+    locked("the unseal step, while the run goes on");
+    service.stop().await;
+    locked("SIGTERM after the unseal");
+
+    // A new process in the same boot: the seed is locked and sops-age is not in the cluster.
+    node.kube.start_apiserver().await;
+    let (service, status) = node.service_until_failed(RUN).await;
+    let err = status.last_error.unwrap();
+    assert_eq!(err.step, StepId::Secrets);
+    assert!(err.hint.unwrap_or_default().contains("reboot the node"));
+    service.stop().await;
+    locked("a permanent failure");
+
+    // SIGKILL mid-run, then Talos's restart: the same permanent failure, and locked.
+    node.reboot();
+    node.kube.kill_apiserver();
+    let runs = node.status().unwrap().runs;
+    let service = node.service();
+    wait_running(&node, StepId::KubeApi).await;
+    service.kill9();
+    node.kube.start_apiserver().await;
+    node.wait_status(RUN, "failed after the restart", |s| {
+        s.phase == Phase::Failed && s.runs >= runs + 2
+    })
+    .await;
+    service.stop().await;
+    locked("SIGKILL after the unseal");
+
+    // Flux's terminal failure after everything was created.
+    node.reboot();
+    node.controllers
+        .fail_kustomization("BuildFailed", "kustomize build failed");
+    let (service, status) = node.service_until_failed(RUN).await;
+    assert_eq!(status.last_error.unwrap().step, StepId::Ready);
+    service.stop().await;
+    locked("a permanent failure in the last step");
+    assert_eq!(node.sops_age().await.unwrap(), sealed.key_file.as_bytes());
+
+    // Success.
+    node.reboot();
+    node.controllers.succeed_kustomization();
+    let ready = node.service().wait(RUN).await;
+    assert_eq!(ready.last().unwrap().code, Some(0), "{}", ready.log);
+    locked("success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_after_the_unseal_keeps_the_plaintext_and_runs_again_in_process() {
+    let node = Node::start(NodeOptions::default()).await;
+    let sealed = node.enrol_and_seal();
+    let text = std::fs::read_to_string(node.config_path()).unwrap();
+    node.write_config_text(&format!("{text}deadlines:\n  kubeApi: 3s\n"));
+    // The API server is down longer than kube-api's deadline: the run fails transiently. A
+    // new process could not unseal again (locked), so this one keeps what it decrypted.
+    node.kube.kill_apiserver();
+    let service = node.service();
+    node.wait_status(RUN, "a second run after the transient failure", |s| {
+        s.runs >= 2
+    })
+    .await;
+    assert!(
+        service.exits().is_empty(),
+        "the agent exited: {:?}",
+        service.exits()
+    );
+    assert!(
+        service
+            .log()
+            .contains("keeping the unsealed inputs in memory"),
+        "{}",
+        service.log()
+    );
+    assert_eq!(node.tpm.attacker_read_seed(), None);
+    node.kube.start_apiserver().await;
+    let report = service.wait(RUN).await;
+    assert_eq!(
+        report.exits.iter().map(|e| e.code).collect::<Vec<_>>(),
+        [Some(0)],
+        "{}",
+        report.log
+    );
+    assert_eq!(node.sops_age().await.unwrap(), sealed.key_file.as_bytes());
+    assert_eq!(node.status().unwrap().phase, Phase::Ready);
 }

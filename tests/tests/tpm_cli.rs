@@ -16,6 +16,28 @@ fn agent(args: &[&str]) -> Output {
         .expect("run bootstrap-agent")
 }
 
+/// `bootstrap-agent tpm COMMAND` against `tpm` as the tests use it: a simulator socket without
+/// a pinned salt key (`--insecure-transport`), the test key factor, fake efivars with SecureBoot
+/// on in user mode, and `extra` options.
+fn tpm_cmd(tpm: &Swtpm, command: &str, extra: &[&str]) -> Output {
+    let factor = tpm.factor_file();
+    let efivars = tpm.efivars(true, false);
+    let mut args = vec![
+        "tpm".to_string(),
+        command.to_string(),
+        "--tpm".into(),
+        tpm.address(),
+        "--insecure-transport".into(),
+        "--factor-file".into(),
+        factor.display().to_string(),
+        "--efivars".into(),
+        efivars.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    agent(&refs)
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
@@ -71,13 +93,28 @@ fn enroll_encrypt_with_age_then_check_proves_the_key() {
         )
         .unwrap());
 
-    let enrolled = ok(agent(&["tpm", "enroll", "--tpm", &addr]));
+    let enrolled = ok(tpm_cmd(&tpm, "enroll", &[]));
     let recipient = stdout(&enrolled);
     assert!(
         recipient.starts_with("age1") && !recipient.contains('\n'),
         "{recipient}"
     );
     assert!(stderr(&enrolled).contains(&format!("age -a -r {recipient} -o sops-age.tpm.age")));
+    // The salt key name to pin, and where it goes.
+    let salt_key_name = stderr(&enrolled)
+        .lines()
+        .find_map(|l| l.strip_prefix("salt key name: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no salt key name in:\n{}", stderr(&enrolled)));
+    assert!(
+        salt_key_name.len() == 68 && salt_key_name.starts_with("000b"),
+        "{salt_key_name}"
+    );
+    assert!(
+        stderr(&enrolled).contains("tpm_salt_key_name"),
+        "{}",
+        stderr(&enrolled)
+    );
 
     // tpm2-tools: the index has exactly our attributes and a PolicyPCR(sha256:7,15) digest
     // over PCR 7's current value and PCR 15's reset value (zeros).
@@ -91,10 +128,10 @@ fn enroll_encrypt_with_age_then_check_proves_the_key() {
         "sha256"
     );
     assert!(
-        public.contains("ownerwrite|writelocked|writeall|writedefine|policyread|no_da|written"),
+        public.contains("policywrite|writelocked|writeall|writedefine|policyread|no_da|written"),
         "{public}"
     );
-    assert!(public.contains("value: 0x22083802"), "{public}");
+    assert!(public.contains("value: 0x22083808"), "{public}");
     assert_eq!(field(&public, "size"), "32");
     ok(tpm
         .tpm2("tpm2_pcrread", &["sha256:7", "-o", "pcr7.bin"])
@@ -144,7 +181,7 @@ fn enroll_encrypt_with_age_then_check_proves_the_key() {
         .unwrap());
     let sealed = dir.join("sops-age.tpm.age");
     let sealed = sealed.to_str().unwrap();
-    let checked = ok(agent(&["tpm", "check", "--sealed", sealed, "--tpm", &addr]));
+    let checked = ok(tpm_cmd(&tpm, "check", &["--sealed", sealed]));
     assert_eq!(
         stdout(&checked),
         public_key,
@@ -154,11 +191,22 @@ fn enroll_encrypt_with_age_then_check_proves_the_key() {
     assert!(!stderr(&checked).contains("AGE-SECRET-KEY"));
 
     // Recipient (read-only) and a second enrolment agree.
-    assert_eq!(
-        stdout(&ok(agent(&["tpm", "recipient", "--tpm", &addr]))),
-        recipient
-    );
-    let again = ok(agent(&["tpm", "enroll", "--tpm", &addr]));
+    assert_eq!(stdout(&ok(tpm_cmd(&tpm, "recipient", &[]))), recipient);
+    // Pinned: the same salt key, without the simulator opt-out.
+    let pinned = ok(agent(&[
+        "tpm",
+        "recipient",
+        "--tpm",
+        &addr,
+        "--salt-key-name",
+        &salt_key_name,
+        "--recipient",
+        &recipient,
+        "--factor-file",
+        &tpm.factor_file().display().to_string(),
+    ]));
+    assert_eq!(stdout(&pinned), recipient);
+    let again = ok(tpm_cmd(&tpm, "enroll", &[]));
     assert_eq!(stdout(&again), recipient);
     assert!(stderr(&again).contains("already enrolled"));
     let public_after = stdout(&ok(tpm.tpm2("tpm2_nvreadpublic", &["0x01305EED"]).unwrap()));
@@ -168,15 +216,14 @@ fn enroll_encrypt_with_age_then_check_proves_the_key() {
 #[test]
 fn check_failures_exit_non_zero_with_a_reason() {
     let tpm = Swtpm::start().expect("start swtpm");
-    let addr = tpm.address();
     let dir = tpm.scratch();
 
     // Not enrolled: recipient is read-only and says what to do.
-    let r = agent(&["tpm", "recipient", "--tpm", &addr]);
+    let r = tpm_cmd(&tpm, "recipient", &[]);
     assert_eq!(r.status.code(), Some(3), "{}", stderr(&r));
     assert!(stderr(&r).contains("tpm enroll"), "{}", stderr(&r));
 
-    ok(agent(&["tpm", "enroll", "--tpm", &addr]));
+    ok(tpm_cmd(&tpm, "enroll", &[]));
     let other = age_keygen(&dir.join("other.txt"));
     age_keygen(&dir.join("key.txt"));
     ok(Command::new("age")
@@ -186,14 +233,7 @@ fn check_failures_exit_non_zero_with_a_reason() {
         .output()
         .unwrap());
     let wrong = dir.join("wrong.age");
-    let c = agent(&[
-        "tpm",
-        "check",
-        "--sealed",
-        wrong.to_str().unwrap(),
-        "--tpm",
-        &addr,
-    ]);
+    let c = tpm_cmd(&tpm, "check", &["--sealed", wrong.to_str().unwrap()]);
     assert_eq!(c.status.code(), Some(3));
     assert!(
         stderr(&c).contains("wrong.age") && stderr(&c).contains("not encrypted to this TPM"),
@@ -203,14 +243,7 @@ fn check_failures_exit_non_zero_with_a_reason() {
     assert!(stdout(&c).is_empty());
 
     let missing = dir.join("missing.age");
-    let c = agent(&[
-        "tpm",
-        "check",
-        "--sealed",
-        missing.to_str().unwrap(),
-        "--tpm",
-        &addr,
-    ]);
+    let c = tpm_cmd(&tpm, "check", &["--sealed", missing.to_str().unwrap()]);
     assert_eq!(c.status.code(), Some(2));
     assert!(stderr(&c).contains("missing.age"), "{}", stderr(&c));
 
@@ -221,7 +254,7 @@ fn check_failures_exit_non_zero_with_a_reason() {
             &[&format!("15:sha256={}", "01".repeat(32))],
         )
         .unwrap());
-    let c = agent(&["tpm", "recipient", "--tpm", &addr]);
+    let c = tpm_cmd(&tpm, "recipient", &[]);
     assert_eq!(c.status.code(), Some(3));
     assert!(
         stderr(&c).contains("locked until next boot"),
@@ -230,7 +263,16 @@ fn check_failures_exit_non_zero_with_a_reason() {
     );
 
     // No TPM at all: transient, with a hint.
-    let c = agent(&["tpm", "recipient", "--tpm", "tcp://127.0.0.1:1"]);
+    let factor = tpm.factor_file().display().to_string();
+    let c = agent(&[
+        "tpm",
+        "recipient",
+        "--tpm",
+        "tcp://127.0.0.1:1",
+        "--insecure-transport",
+        "--factor-file",
+        &factor,
+    ]);
     assert_eq!(c.status.code(), Some(1), "{}", stderr(&c));
     assert!(stderr(&c).contains("hint:"), "{}", stderr(&c));
 }
@@ -238,15 +280,11 @@ fn check_failures_exit_non_zero_with_a_reason() {
 #[test]
 fn options_choose_index_and_pcrs() {
     let tpm = Swtpm::start().expect("start swtpm");
-    let addr = tpm.address();
     let dir = tpm.scratch();
-    let opts = ["--tpm", &addr, "--nv-index", "0x01000123", "--pcrs", "0,7"];
-    let enrolled = ok(agent(&[&["tpm", "enroll"][..], &opts[..]].concat()));
+    let opts = ["--nv-index", "0x01000123", "--pcrs", "0,7"];
+    let enrolled = ok(tpm_cmd(&tpm, "enroll", &opts));
     let recipient = stdout(&enrolled);
-    assert_eq!(
-        stdout(&ok(agent(&[&["tpm", "recipient"][..], &opts[..]].concat()))),
-        recipient
-    );
+    assert_eq!(stdout(&ok(tpm_cmd(&tpm, "recipient", &opts))), recipient);
     // The default index was not touched; the chosen one carries PolicyPCR(sha256:0,7,15).
     let default = tpm.tpm2("tpm2_nvreadpublic", &["0x01305EED"]).unwrap();
     assert!(!default.status.success(), "default index defined");
@@ -270,7 +308,60 @@ fn options_choose_index_and_pcrs() {
     assert_eq!(field(&public, "authorization policy"), policy);
 
     // The lock PCR cannot also be a policy PCR: a configuration error (exit 2).
-    let bad = agent(&["tpm", "enroll", "--tpm", &addr, "--pcrs", "7,15"]);
+    let bad = tpm_cmd(&tpm, "enroll", &["--pcrs", "7,15"]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
     assert!(stderr(&bad).contains("lock PCR 15"), "{}", stderr(&bad));
+}
+
+#[test]
+fn the_cli_refuses_what_the_configuration_refuses() {
+    let tpm = Swtpm::start().expect("start swtpm");
+    // Lock PCRs Talos extends (11) or any process can reset (16, 23).
+    for (pcr, why) in [("11", "Talos"), ("16", "reset"), ("23", "reset")] {
+        let out = tpm_cmd(&tpm, "enroll", &["--lock-pcr", pcr]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "--lock-pcr {pcr}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("--lock-pcr") && stderr(&out).contains(why),
+            "--lock-pcr {pcr}: {}",
+            stderr(&out)
+        );
+    }
+    // A simulator socket without a pinned salt key, and without the opt-out.
+    let factor = tpm.factor_file().display().to_string();
+    let out = agent(&[
+        "tpm",
+        "enroll",
+        "--tpm",
+        &tpm.address(),
+        "--factor-file",
+        &factor,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--salt-key-name") && stderr(&out).contains("--insecure-transport"),
+        "{}",
+        stderr(&out)
+    );
+    // No key factor.
+    let out = agent(&[
+        "tpm",
+        "enroll",
+        "--tpm",
+        &tpm.address(),
+        "--insecure-transport",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--factor-file"), "{}", stderr(&out));
+    // Nothing reached the TPM.
+    assert!(
+        !tpm.tpm2("tpm2_nvreadpublic", &["0x01305EED"])
+            .unwrap()
+            .status
+            .success()
+    );
 }

@@ -1,5 +1,6 @@
 //! Unsealing through the library API against a real swtpm: enrolment, reboot, lock, PCR 7,
 //! every way a sealed input can be wrong, foreign NV indexes, the Unix transport, key pinning.
+//! (The attacks on the seal are in `tpm_attacks.rs`.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
@@ -7,9 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use bootstrap_agent::error::Classify;
-use bootstrap_agent::seal::{
-    self, SealError, SealedInput, TpmSettings, UnsealOutcome, UnsealedSecret,
-};
+use bootstrap_agent::seal::{self, SealError, SealedInput, TpmSettings, Unsealed};
 use bootstrap_agent::tpm::seed::SeedError;
 use bootstrap_agent_tests::swtpm::Swtpm;
 
@@ -62,18 +61,20 @@ fn input(label: &str, armor: String) -> SealedInput {
     }
 }
 
-fn unsealed(outcome: UnsealOutcome) -> Vec<UnsealedSecret> {
-    match outcome {
-        UnsealOutcome::Unsealed(s) => s,
-        other => panic!("expected secrets, got {other:?}"),
-    }
-}
-
 fn unseal_err(settings: &TpmSettings, inputs: &[SealedInput]) -> SealError {
     match seal::unseal(settings, inputs) {
         Err(e) => e,
         Ok(o) => panic!("expected an error, got {o:?}"),
     }
+}
+
+/// PCR 15 (the lock) still at its reset value, as tpm2_pcrread reports it.
+fn lock_pcr_is_zero(tpm: &Swtpm) -> bool {
+    let out = tpm
+        .tpm2("tpm2_pcrread", &["sha256:15"])
+        .expect("tpm2_pcrread");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).contains(&format!("0x{}", "0".repeat(64)))
 }
 
 /// No transient object or session may be left behind (swtpm has no resource manager).
@@ -95,31 +96,45 @@ fn assert_no_leaked_handles(tpm: &Swtpm) {
 }
 
 #[test]
-fn first_boot_waits_then_unseals_after_reboot_and_locks() {
+fn first_boot_enrols_and_locks_then_the_next_boot_unseals_and_locks() {
     let tpm = swtpm();
-    let settings = TpmSettings::at(&tpm.address()).unwrap();
+    let mut settings = tpm.settings();
     let (key, public) = keygen(tpm.scratch(), "key.txt");
 
-    // First boot: not enrolled → enrolled, and a wait for the sealed input (not a failure).
-    let (recipient, command) = match seal::unseal(&settings, &[]).expect("unseal on a fresh TPM") {
-        UnsealOutcome::AwaitingSealedInput { recipient, command } => (recipient, command),
-        other => panic!("expected a wait, got {other:?}"),
-    };
+    // First boot: not enrolled → enrolled, nothing to decrypt yet, and the seed locked.
+    let first = seal::unseal(&settings, &[]).expect("unseal on a fresh TPM");
+    assert!(first.enrolled);
+    assert!(first.secrets.is_empty());
+    let recipient = first.recipient.clone();
     assert!(recipient.starts_with("age1"));
     assert_eq!(
-        command,
+        first.command(),
         format!("age -a -r {recipient} -o sops-age.tpm.age .age-key.txt")
     );
+    assert_eq!(first.salt_key_name.len(), 68, "{}", first.salt_key_name);
+    assert!(
+        matches!(
+            seal::recipient(&settings),
+            Err(SealError::Seed(SeedError::Locked { pcr: 15 }))
+        ),
+        "the waiting path locks the seed"
+    );
+    assert_eq!(tpm.attacker_read_seed(), None);
+
+    // Next boot: the operator has sealed the key to the recipient and pinned it.
+    tpm.reboot().expect("reboot");
     assert_eq!(seal::recipient(&settings).expect("recipient"), recipient);
     assert_eq!(
         seal::enroll(&settings).expect("enroll again"),
         recipient,
         "enrolment is idempotent"
     );
-
     let armor = age_encrypt(&recipient, &tpm.scratch().join("key.txt"));
     let inputs = [input("flux-system/sops-age", armor)];
-    let secrets = unsealed(seal::unseal(&settings, &inputs).expect("unseal"));
+    settings.recipient = Some(recipient.clone());
+    let unsealed: Unsealed = seal::unseal(&settings, &inputs).expect("unseal");
+    assert!(!unsealed.enrolled);
+    let secrets = unsealed.secrets;
     assert_eq!(secrets.len(), 1);
     assert_eq!(secrets[0].label, "flux-system/sops-age");
     assert_eq!(&secrets[0].value[..], key.as_bytes());
@@ -132,8 +147,7 @@ fn first_boot_waits_then_unseals_after_reboot_and_locks() {
         "Debug must redact"
     );
 
-    // Lock: nothing can read the seed until the next boot.
-    seal::lock(&settings).expect("lock");
+    // Locked by the same call: nothing can read the seed until the next boot.
     let e = unseal_err(&settings, &inputs);
     assert!(
         matches!(e, SealError::Seed(SeedError::Locked { pcr: 15 })),
@@ -141,38 +155,45 @@ fn first_boot_waits_then_unseals_after_reboot_and_locks() {
     );
     assert!(e.to_string().contains("locked until next boot"), "{e}");
     assert!(!e.is_transient());
-    assert!(seal::recipient(&settings).is_err());
+    assert_eq!(tpm.attacker_read_seed(), None);
 
     // Reboot: PCRs reset, NV kept; the agent sends Startup(CLEAR) itself.
     tpm.reboot().expect("reboot");
-    let again = unsealed(seal::unseal(&settings, &inputs).expect("unseal after reboot"));
-    assert_eq!(&again[0].value[..], key.as_bytes());
+    let again = seal::unseal(&settings, &inputs).expect("unseal after reboot");
+    assert_eq!(&again.secrets[0].value[..], key.as_bytes());
     assert_no_leaked_handles(&tpm);
 }
 
 #[test]
-fn enrolment_after_lock_binds_to_the_reset_value_of_the_lock_pcr() {
+fn enrolment_after_the_lock_is_refused_and_leaves_nothing_behind() {
     let tpm = swtpm();
-    let settings = TpmSettings::at(&tpm.address()).unwrap();
+    let settings = tpm.settings();
     seal::lock(&settings).expect("extend the lock PCR before enrolment");
-    let recipient = seal::enroll(&settings).expect("enrol while locked");
-    // Locked now, but not bound to the locked value: after a reboot the seed reads.
-    assert!(matches!(
-        seal::recipient(&settings),
-        Err(SealError::Seed(SeedError::Locked { .. }))
-    ));
+    let e = seal::enroll(&settings).expect_err("enrol while locked");
+    assert!(
+        matches!(
+            e,
+            SealError::Seed(SeedError::LockedBeforeEnrolment { pcr: 15 })
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("reboot"), "{e}");
+    let public = tpm.tpm2("tpm2_nvreadpublic", &["0x01305EED"]).unwrap();
+    assert!(!public.status.success(), "nothing may be defined");
     tpm.reboot().expect("reboot");
+    let recipient = seal::enroll(&settings).expect("enrol after reboot");
     assert_eq!(
-        seal::recipient(&settings).expect("recipient after reboot"),
+        seal::recipient(&settings).expect("recipient after enrolment"),
         recipient
     );
+    assert_no_leaked_handles(&tpm);
 }
 
 #[test]
 fn changed_pcr7_is_named_with_what_changes_it() {
     let tpm = swtpm();
-    let settings = TpmSettings::at(&tpm.address()).unwrap();
-    seal::enroll(&settings).expect("enroll");
+    let mut settings = tpm.settings();
+    settings.recipient = Some(seal::enroll(&settings).expect("enroll"));
     let out = tpm
         .tpm2(
             "tpm2_pcrextend",
@@ -186,17 +207,32 @@ fn changed_pcr7_is_named_with_what_changes_it() {
         "{e}"
     );
     let msg = e.to_string();
-    for needle in ["PCR 7", "SecureBoot", "PK", "KEK", "db", "dbx", "re-enrol"] {
+    for needle in [
+        "PCR 7",
+        "SecureBoot",
+        "PK",
+        "KEK",
+        "db",
+        "dbx",
+        "re-enrol",
+        "tampered",
+    ] {
         assert!(msg.contains(needle), "{needle:?} missing from: {msg}");
     }
+    // Nothing to read and the lock extended all the same.
+    assert!(
+        !lock_pcr_is_zero(&tpm),
+        "the failed unseal must extend the lock PCR"
+    );
     assert_no_leaked_handles(&tpm);
 }
 
 #[test]
 fn bad_sealed_inputs_get_distinct_errors_naming_the_input() {
     let tpm = swtpm();
-    let settings = TpmSettings::at(&tpm.address()).unwrap();
+    let mut settings = tpm.settings();
     let recipient = seal::enroll(&settings).expect("enroll");
+    settings.recipient = Some(recipient.clone());
     let dir = tpm.scratch();
     keygen(dir, "key.txt");
     let (_, other_recipient) = keygen(dir, "other.txt");
@@ -204,7 +240,7 @@ fn bad_sealed_inputs_get_distinct_errors_naming_the_input() {
 
     let good = age_encrypt(&recipient, &dir.join("key.txt"));
 
-    // Wrong recipient.
+    // Wrong recipient. (Every unseal locks the seed: a reboot before each.)
     let wrong = age_encrypt(&other_recipient, &dir.join("key.txt"));
     let e = unseal_err(&settings, &[input("flux-system/sops-age", wrong)]);
     assert!(matches!(e, SealError::WrongRecipient { .. }), "{e}");
@@ -221,18 +257,21 @@ fn bad_sealed_inputs_get_distinct_errors_naming_the_input() {
     };
     lines[idx] = flipped;
     let corrupted = lines.join("\n") + "\n";
+    tpm.reboot().unwrap();
     let e = unseal_err(&settings, &[input("corrupt-one", corrupted)]);
     assert!(matches!(e, SealError::Corrupted { .. }), "{e}");
     assert!(e.to_string().contains("corrupt-one"), "{e}");
 
     // Truncated: the file cut short (the end marker and the last part of the payload missing).
     let cut = &good[..good.len() * 2 / 3];
+    tpm.reboot().unwrap();
     let e = unseal_err(&settings, &[input("cut-one", cut.to_string())]);
     assert!(matches!(e, SealError::Truncated { .. }), "{e}");
     assert!(e.to_string().contains("cut-one"), "{e}");
 
     // Decrypts, but is not an age identity.
     let note = age_encrypt(&recipient, &dir.join("note.txt"));
+    tpm.reboot().unwrap();
     let e = unseal_err(&settings, &[input("flux-system/sops-age", note.clone())]);
     assert!(matches!(e, SealError::NotAnIdentity { .. }), "{e}");
     assert!(
@@ -240,17 +279,17 @@ fn bad_sealed_inputs_get_distinct_errors_naming_the_input() {
         "content must not leak: {e}"
     );
     // The same input is fine where any content is expected (e.g. a deploy key).
-    let ok = unsealed(
-        seal::unseal(
-            &settings,
-            &[SealedInput {
-                label: "git/deploy-key".into(),
-                armor: note,
-                expect_age_identity: false,
-            }],
-        )
-        .expect("non-identity input"),
-    );
+    tpm.reboot().unwrap();
+    let ok = seal::unseal(
+        &settings,
+        &[SealedInput {
+            label: "git/deploy-key".into(),
+            armor: note,
+            expect_age_identity: false,
+        }],
+    )
+    .expect("non-identity input")
+    .secrets;
     assert_eq!(&ok[0].value[..], b"not a key, just a note\n");
 
     assert_no_leaked_handles(&tpm);
@@ -259,7 +298,7 @@ fn bad_sealed_inputs_get_distinct_errors_naming_the_input() {
 #[test]
 fn foreign_nv_index_is_refused_and_left_untouched() {
     let tpm = swtpm();
-    let settings = TpmSettings::at(&tpm.address()).unwrap();
+    let settings = tpm.settings();
     let index = format!("0x{:08X}", seal::DEFAULT_NV_INDEX);
     let ok = |out: std::process::Output| {
         assert!(
@@ -284,10 +323,11 @@ fn foreign_nv_index_is_refused_and_left_untouched() {
         .expect("nvreadpublic"))
     .stdout;
 
+    // (`unseal` last: it extends the lock PCR.)
     for e in [
         seal::enroll(&settings).expect_err("enrol over a foreign index"),
-        unseal_err(&settings, &[]),
         seal::recipient(&settings).expect_err("recipient of a foreign index"),
+        unseal_err(&settings, &[]),
     ] {
         assert!(
             matches!(e, SealError::Seed(SeedError::Foreign { .. })),
@@ -315,7 +355,7 @@ fn foreign_nv_index_is_refused_and_left_untouched() {
 #[test]
 fn unix_socket_transport_works() {
     let tpm = Swtpm::start_unix().expect("start swtpm on a Unix socket");
-    let settings = TpmSettings::at(&tpm.address()).unwrap();
+    let settings = tpm.settings();
     assert!(settings.address.to_string().starts_with("unix:///"));
     let r = seal::enroll(&settings).expect("enroll over a Unix socket");
     assert_eq!(seal::recipient(&settings).expect("recipient"), r);
@@ -324,12 +364,14 @@ fn unix_socket_transport_works() {
 #[test]
 fn pinned_salt_key_name_is_enforced() {
     let tpm = swtpm();
-    let mut settings = TpmSettings::at(&tpm.address()).unwrap();
+    let mut settings = tpm.settings();
     let mut t = bootstrap_agent::tpm::Tpm::new(
         bootstrap_agent::tpm::transport::open(&settings.address).expect("open"),
     );
     let enrolled = seal::enroll_on(&mut t, &settings).expect("enroll");
     drop(t);
+    // Pinned: the socket is acceptable without the test-only opt-out.
+    settings.insecure_transport = false;
     settings.salt_key_name = Some(enrolled.salt_key_name.clone());
     assert_eq!(
         seal::recipient(&settings).expect("pinned recipient"),
@@ -347,7 +389,10 @@ fn pinned_salt_key_name_is_enforced() {
 
 #[test]
 fn missing_tpm_is_a_clear_transient_error() {
-    let settings = TpmSettings::at("/nonexistent/tpmrm0").unwrap();
+    let settings = TpmSettings {
+        factor: Some(bootstrap_agent_tests::swtpm::TEST_FACTOR.parse().unwrap()),
+        ..TpmSettings::at("/nonexistent/tpmrm0").unwrap()
+    };
     let e = seal::unseal(&settings, &[]).expect_err("no device");
     assert!(e.to_string().contains("/nonexistent/tpmrm0"), "{e}");
     assert!(e.is_transient());
@@ -395,7 +440,7 @@ fn define_like_ours(tpm: &Swtpm, pcr_values: &[u8]) {
                 "-s",
                 "32",
                 "-a",
-                "ownerwrite|writeall|writedefine|policyread|no_da",
+                "policywrite|writeall|writedefine|policyread|no_da",
                 "-L",
                 "policy.bin",
             ],
@@ -406,7 +451,7 @@ fn define_like_ours(tpm: &Swtpm, pcr_values: &[u8]) {
 #[test]
 fn interrupted_enrolment_is_completed() {
     let tpm = swtpm();
-    let settings = TpmSettings::at(&tpm.address()).unwrap();
+    let settings = tpm.settings();
     // Fresh swtpm: PCR 7 and 15 are zero.
     define_like_ours(&tpm, &[0u8; 64]);
     let recipient = seal::enroll(&settings).expect("complete the enrolment");
@@ -423,7 +468,7 @@ fn interrupted_enrolment_is_completed() {
 #[test]
 fn unwritten_index_with_another_policy_is_refused() {
     let tpm = swtpm();
-    let settings = TpmSettings::at(&tpm.address()).unwrap();
+    let settings = tpm.settings();
     define_like_ours(&tpm, &[0x42u8; 64]);
     let e = seal::enroll(&settings).expect_err("another policy");
     assert!(

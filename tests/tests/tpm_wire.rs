@@ -80,7 +80,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 fn seed_never_crosses_the_bus_in_clear() {
     let swtpm = Swtpm::start().expect("start swtpm");
     let (mut tpm, log) = recording_tpm(&swtpm, None);
-    let (_, enrolled_seed) = seed::enrol(&mut tpm, &location()).expect("enrol");
+    let (_, enrolled_seed) = seed::enrol(&mut tpm, &location(), || Ok(())).expect("enrol");
     let read_seed = seed::read(&mut tpm, &location()).expect("read");
     assert_eq!(
         *enrolled_seed, *read_seed,
@@ -126,8 +126,7 @@ fn seed_never_crosses_the_bus_in_clear() {
 #[test]
 fn tampered_response_hmac_is_rejected_and_nothing_leaks() {
     let swtpm = Swtpm::start().expect("start swtpm");
-    let settings = TpmSettings::at(&swtpm.address()).unwrap();
-    seal::enroll(&settings).expect("enroll");
+    seal::enroll(&swtpm.settings()).expect("enroll");
     let (mut tpm, _log) = recording_tpm(&swtpm, Some(CC_NV_READ));
     let e = seed::read(&mut tpm, &location()).expect_err("tampered NV_Read must fail");
     let msg = e.to_string();
@@ -172,7 +171,11 @@ fn header(tag: u16, size: u32, rc: u32) -> Vec<u8> {
 
 fn scripted_error(answer: Vec<u8>) -> SealError {
     let mut tpm = Tpm::new(Box::new(Scripted(answer)));
-    seal::identity_on(&mut tpm, &TpmSettings::default()).expect_err("scripted answer must fail")
+    let settings = TpmSettings {
+        factor: Some(bootstrap_agent_tests::swtpm::TEST_FACTOR.parse().unwrap()),
+        ..TpmSettings::default()
+    };
+    seal::identity_on(&mut tpm, &settings).expect_err("scripted answer must fail")
 }
 
 #[test]

@@ -10,6 +10,12 @@
 //! `internal/app/machined/pkg/controllers/runtime/extension_service.go`, `handleRestart`, lines
 //! 202-226). A transient failure (a deadline passed) still exits 1, so that Talos starts it again.
 //! `--once` exits in every case, with the exit code of the outcome.
+//!
+//! One exception to exiting on a transient failure: once the `unseal` step has decrypted the
+//! sealed inputs, the TPM seed is locked until the next boot, so a new process could not
+//! decrypt them again. While the decrypted inputs are not in the cluster yet, a transient
+//! failure runs the sequence again in this process (after `retry.max`) instead of exiting
+//! (except with `--once`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -73,7 +79,7 @@ async fn boot(args: &RunArgs) -> Exit {
         // Read once: the same bytes are validated and later compared to notice a change.
         let text = std::fs::read(&args.config);
         let pass = match load(&args.config, &text) {
-            Ok((config, bundle)) => run_once(config, bundle, &mut stop).await,
+            Ok((config, bundle)) => run_once(config, bundle, args.once, &mut stop).await,
             Err(e) => {
                 error!("{e}");
                 report_config_error(&e, args.once);
@@ -104,15 +110,61 @@ async fn boot(args: &RunArgs) -> Exit {
 }
 
 /// One run of the boot sequence over a loaded configuration.
-async fn run_once(config: Config, bundle: Option<Bundle>, stop: &mut Shutdown) -> Pass {
+async fn run_once(config: Config, bundle: Option<Bundle>, once: bool, stop: &mut Shutdown) -> Pass {
     let objects = bundle
         .as_ref()
         .map(Plan::bundle_objects)
         .unwrap_or_default();
     let plan = Plan::new(&config, objects);
-    let context = Context::new(config.steps.clone(), bundle);
+    let mut context = Context::new(config.steps.clone(), bundle);
     let file = StatusFile::new(&config.status);
-    let previous = match file.load() {
+    loop {
+        let previous = previous_status(&file);
+        let mut sequence = Sequence::new(&plan, context, file.clone(), previous, config.retry);
+        let result = tokio::select! {
+            r = sequence.run() => r,
+            () = stop.recv() => {
+                info!("stopped by signal");
+                return Pass::Stopped;
+            }
+        };
+        let (steps, mut status) = sequence.into_parts();
+        context = steps;
+        return match result {
+            RunResult::Ready => Pass::Ready,
+            RunResult::Waiting => Pass::Waiting,
+            // The seed is locked and the decrypted inputs are not in the cluster yet: a new
+            // process could not decrypt them again this boot, so this one runs again.
+            RunResult::Failed(ErrorKind::Transient) if context.holds_unsealed() && !once => {
+                let pause = config.retry.max;
+                warn!(
+                    pause = ?pause,
+                    "keeping the unsealed inputs in memory and running again (the seed is locked until the next boot, so a restart could not unseal them)"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => continue,
+                    () = stop.recv() => {
+                        info!("stopped by signal");
+                        Pass::Stopped
+                    }
+                }
+            }
+            RunResult::Failed(kind) => {
+                if kind != ErrorKind::Transient {
+                    status.message = format!("{}; {WAITING_FOR_CHANGE}", status.message);
+                    if let Err(e) = file.write(&mut status) {
+                        warn!(error = %e, "status file not written");
+                    }
+                }
+                Pass::Failed(kind)
+            }
+        };
+    }
+}
+
+/// The status document of the previous run, if it reads; an unreadable one is kept aside.
+fn previous_status(file: &StatusFile) -> Option<Status> {
+    match file.load() {
         Ok(p) => p,
         Err(e) => {
             warn!(error = %e, "previous status unreadable; starting afresh");
@@ -125,28 +177,6 @@ async fn run_once(config: Config, bundle: Option<Bundle>, stop: &mut Shutdown) -
                 }
             }
             None
-        }
-    };
-    let mut sequence = Sequence::new(&plan, context, file.clone(), previous, config.retry);
-    let result = tokio::select! {
-        r = sequence.run() => r,
-        () = stop.recv() => {
-            info!("stopped by signal");
-            return Pass::Stopped;
-        }
-    };
-    match result {
-        RunResult::Ready => Pass::Ready,
-        RunResult::Waiting => Pass::Waiting,
-        RunResult::Failed(kind) => {
-            if kind != ErrorKind::Transient {
-                let (_, mut status) = sequence.into_parts();
-                status.message = format!("{}; {WAITING_FOR_CHANGE}", status.message);
-                if let Err(e) = file.write(&mut status) {
-                    warn!(error = %e, "status file not written");
-                }
-            }
-            Pass::Failed(kind)
         }
     }
 }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use crate::error::Classify;
 use crate::exit::Exit;
-use crate::seal::{self, PcrField, PcrPolicy, SealError, SealedInput, TpmSettings};
+use crate::seal::{self, KeyFactor, PcrField, PcrPolicy, SealError, SealedInput, TpmSettings};
+use crate::secureboot;
 use crate::tpm::transport::{self, Address};
 
 use clap::{Args, Subcommand};
@@ -23,12 +24,26 @@ pub struct TpmArgs {
     /// Policy PCRs of the SHA-256 bank, comma-separated.
     #[arg(long, default_value = "7", value_delimiter = ',')]
     pub pcrs: Vec<u32>,
-    /// PCR extended after use (the lock).
+    /// PCR extended once the seed is read, at every boot (the lock).
     #[arg(long, default_value_t = seal::DEFAULT_LOCK_PCR)]
     pub lock_pcr: u32,
-    /// Pinned salt key name (hex, as printed by `tpm enroll`).
+    /// Pinned salt key name (hex, as printed by `tpm enroll`); required for tcp:// and unix://
+    /// unless --insecure-transport.
     #[arg(long, value_parser = seal::salt_key_name)]
     pub salt_key_name: Option<String>,
+    /// Talk to a tcp:// or unix:// simulator without a pinned salt key name (tests only).
+    #[arg(long)]
+    pub insecure_transport: bool,
+    /// File holding the configuration's key factor (64 hex digits, as in tpm.factor).
+    #[arg(long)]
+    pub factor_file: Option<PathBuf>,
+    /// Pinned recipient: refuse a TPM whose seed yields another one.
+    #[arg(long, value_parser = seal::parse_recipient)]
+    pub recipient: Option<String>,
+    /// Directory holding the SecureBoot and SetupMode UEFI variables (enrolment refuses to
+    /// create a seed unless SecureBoot is enabled and the firmware is in user mode).
+    #[arg(long, default_value = secureboot::KERNEL_EFIVARS)]
+    pub efivars: PathBuf,
 }
 
 impl TpmArgs {
@@ -47,12 +62,32 @@ impl TpmArgs {
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
-        Ok(TpmSettings {
+        let factor = match &self.factor_file {
+            Some(path) => {
+                Some(KeyFactor::from_file(path).map_err(|e| format!("--factor-file: {e}"))?)
+            }
+            None => None,
+        };
+        let settings = TpmSettings {
             address: self.tpm.clone(),
             policy,
             nv_index: self.nv_index,
             salt_key_name: self.salt_key_name.clone(),
-        })
+            insecure_transport: self.insecure_transport,
+            recipient: self.recipient.clone(),
+            factor,
+            efivars: self.efivars.clone(),
+        };
+        if let Some(problem) = settings.transport_problem() {
+            return Err(format!(
+                "--tpm: {} (fix: pass --salt-key-name, or --insecure-transport for a simulator)",
+                problem.message
+            ));
+        }
+        if settings.factor.is_none() {
+            return Err("--factor-file is required: the identity needs both the TPM's seed and the configuration's key factor (tpm.factor)".into());
+        }
+        Ok(settings)
     }
 }
 
@@ -65,17 +100,19 @@ fn parse_nv_index(s: &str) -> Result<u32, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum TpmCommand {
-    /// Create, fill and write-lock the NV seed when absent; print the age recipient.
+    /// Create, fill and write-lock the NV seed when absent (only with SecureBoot enabled and the
+    /// firmware in user mode); print the age recipient. Does not extend the lock PCR.
     Enroll {
         #[command(flatten)]
         tpm: TpmArgs,
     },
-    /// Print the age recipient of this TPM (read-only).
+    /// Print the age recipient of this TPM (read-only; does not extend the lock PCR).
     Recipient {
         #[command(flatten)]
         tpm: TpmArgs,
     },
-    /// Unseal, decrypt an age file and print the public recipient of the identity inside.
+    /// Unseal, decrypt an age file and print the public recipient of the identity inside
+    /// (does not extend the lock PCR).
     Check {
         /// The armored age file to check.
         #[arg(long)]
@@ -130,13 +167,14 @@ fn execute(command: &TpmCommand, out: &mut dyn Write, err: &mut dyn Write) -> Re
             let _ = writeln!(out, "{}", enrolled.recipient);
             let _ = writeln!(
                 err,
-                "{} NV index 0x{:08X}; salt key name {} (pin it with --salt-key-name / in the configuration)\nencrypt the SOPS key with: age -a -r {} -o {} {}",
+                "{} NV index 0x{:08X}\nrecipient:     {}\nsalt key name: {}\npin both in the configuration (tpm.recipient, tpm.saltKeyName; Terraform: tpm_recipient, tpm_salt_key_name)\nencrypt the SOPS key with: age -a -r {} -o {} {}",
                 if enrolled.created {
                     "enrolled: new seed in"
                 } else {
                     "already enrolled: seed in"
                 },
                 settings.nv_index,
+                enrolled.recipient,
                 enrolled.salt_key_name,
                 enrolled.recipient,
                 seal::SEALED_FILE_HINT,

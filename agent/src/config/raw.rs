@@ -46,6 +46,10 @@ pub(super) struct RawTpm {
     pub(super) lock_pcr: Option<Spanned<u32>>,
     pub(super) nv_index: Option<Spanned<RawNumber>>,
     pub(super) salt_key_name: Option<Spanned<String>>,
+    pub(super) insecure_transport: Option<bool>,
+    pub(super) recipient: Option<Spanned<String>>,
+    pub(super) factor: Option<Spanned<String>>,
+    pub(super) efivars: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,15 +12,18 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 
 const GOOD: &str = "\
 talos: { socket: /system/run/machined/machine.sock, bootstrapEtcd: true }
-tpm: { device: /dev/tpmrm0, pcrs: [7], lockPcr: 15, nvIndex: '0x01c1b00a', saltKeyName: 000b0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef }
+tpm: { device: /dev/tpmrm0, pcrs: [7], lockPcr: 15, nvIndex: '0x01c1b00a', saltKeyName: 000b0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef, insecureTransport: false, recipient: age1ypdhz4d9jcynk52crgnzq6kq9mdppdqvhfdaq49xktyendswgvjqgs8qye, factor: 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff, efivars: /run/efivars }
 secrets:
   - { namespace: flux-system, name: sops-age, key: age.agekey }
 bundle: { dir: /bundle, fetch: false }
 flux: { url: https://github.com/OWNER/REPO, branch: main, path: ./kubernetes/flux-system, interval: 1m, kustomizationInterval: 10m }
 status: /var/lib/bootstrap-agent/status.json
-deadlines: { talosApi: 10m, etcd: 10m, kubeApi: 15m, secrets: 5m, crds: 5m, flux: 5m, ready: 15m }
+deadlines: { talosApi: 10m, etcd: 10m, unseal: 2m, kubeApi: 15m, secrets: 5m, crds: 5m, flux: 5m, ready: 15m }
 retry: { initial: 1s, max: 30s }
 ";
+
+const FACTOR: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const ARMOR: &str = "-----BEGIN AGE ENCRYPTED FILE-----\nYWdl\n-----END AGE ENCRYPTED FILE-----";
 
 #[test]
 fn the_documented_example_is_accepted_with_every_field() {
@@ -33,6 +36,20 @@ fn the_documented_example_is_accepted_with_every_field() {
         }
     );
     assert_eq!(c.steps.tpm.nv_index, 0x01c1_b00a);
+    assert_eq!(
+        c.steps.tpm.recipient.as_deref(),
+        Some("age1ypdhz4d9jcynk52crgnzq6kq9mdppdqvhfdaq49xktyendswgvjqgs8qye")
+    );
+    assert_eq!(c.steps.tpm.factor, Some(FACTOR.parse().unwrap()));
+    assert_eq!(c.steps.tpm.efivars, PathBuf::from("/run/efivars"));
+    assert!(
+        !format!("{:?}", c.steps.tpm).contains("00112233"),
+        "the factor is never shown"
+    );
+    assert_eq!(
+        c.steps.deadlines.for_step(StepId::Unseal),
+        Duration::from_secs(120)
+    );
     assert_eq!(c.steps.secrets[0].format, SecretFormat::AgeIdentity);
     assert_eq!(c.steps.secrets[0].sealed, None);
     assert_eq!(c.steps.flux.source_interval, Duration::from_secs(60));
@@ -177,4 +194,73 @@ fn syntax_errors_name_the_file_and_position() {
         wrong_type.to_string().contains("line 3") || wrong_type.to_string().contains("3:"),
         "{wrong_type}"
     );
+}
+
+#[test]
+fn secrets_need_the_key_factor_and_sealed_ones_the_pinned_recipient() {
+    let text = format!(
+        "talos: {{}}\nflux: {{ url: https://e.org/o/r }}\nsecrets:\n  - {{ name: sops-age, key: age.agekey, sealed: \"{ARMOR}\" }}\n"
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("tpm.factor: is missing"), "{err}");
+    assert!(err.contains("random_bytes"), "{err}");
+    assert!(
+        err.contains("tpm.recipient: is missing while secrets[0] is sealed"),
+        "{err}"
+    );
+    // Waiting for the first sealed input: the factor is needed already (the recipient shown
+    // is derived with it), the recipient is not known yet.
+    let first_boot = format!(
+        "talos: {{}}\nflux: {{ url: https://e.org/o/r }}\ntpm: {{ factor: {FACTOR} }}\nsecrets: [ {{ name: sops-age, key: age.agekey }} ]\n"
+    );
+    assert!(parse(&first_boot).is_ok());
+    // Terraform writes null for what is not known yet.
+    let nulls = format!(
+        "talos: {{}}\nflux: {{ url: https://e.org/o/r }}\ntpm: {{ factor: {FACTOR}, recipient: null, saltKeyName: null }}\nsecrets: [ {{ name: sops-age, key: age.agekey, sealed: null }} ]\n"
+    );
+    let c = parse(&nulls).unwrap();
+    assert_eq!(c.steps.tpm.recipient, None);
+    assert_eq!(c.steps.secrets[0].sealed, None);
+}
+
+#[test]
+fn bad_factors_and_recipients_are_named_without_echoing_the_factor() {
+    let err = parse(
+        "talos: {}\nflux: { url: https://e.org/o/r }\ntpm: { factor: 'c0ffee', recipient: age1nope }\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("line 3: tpm.factor: is not 32 bytes in hex"),
+        "{err}"
+    );
+    assert!(!err.contains("c0ffee"), "{err}");
+    assert!(
+        err.contains("tpm.recipient: `age1nope` is not an age X25519 recipient"),
+        "{err}"
+    );
+}
+
+#[test]
+fn simulator_sockets_need_a_pinned_salt_key_or_insecure_transport() {
+    let err = parse(
+        "talos: {}\nflux: { url: https://e.org/o/r }\ntpm: { device: 'tcp://127.0.0.1:2321' }\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("tpm.device"), "{err}");
+    assert!(err.contains("insecureTransport"), "{err}");
+    assert!(
+        parse("talos: {}\nflux: { url: https://e.org/o/r }\ntpm: { device: 'unix:///s.sock', insecureTransport: true }\n")
+            .is_ok()
+    );
+    // The environment override is checked the same way.
+    let env = |k: &str| (k == env::TPM).then(|| "tcp://127.0.0.1:2321".to_string());
+    let err = Config::parse(
+        "talos: {}\nflux: { url: https://e.org/o/r }\n",
+        Path::new("c.yaml"),
+        &env,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("saltKeyName"), "{err}");
 }

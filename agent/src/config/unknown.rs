@@ -183,13 +183,24 @@ mod tests {
         );
         assert_eq!(
             known("tpm"),
-            ["device", "pcrs", "lockPcr", "nvIndex", "saltKeyName"]
+            [
+                "device",
+                "pcrs",
+                "lockPcr",
+                "nvIndex",
+                "saltKeyName",
+                "insecureTransport",
+                "recipient",
+                "factor",
+                "efivars"
+            ]
         );
         assert!(known("secrets[]").contains(&"sealedFile".to_string()));
         assert_eq!(
             known("deadlines"),
             [
-                "talosApi", "etcd", "kubeApi", "secrets", "crds", "flux", "ready", "handoff"
+                "unseal", "talosApi", "etcd", "kubeApi", "secrets", "crds", "flux", "ready",
+                "handoff"
             ]
         );
     }

@@ -17,7 +17,8 @@ use crate::error::Invalid;
 use crate::kube::FluxSync;
 use crate::kube::names::{DataKey, Name, Namespace};
 use crate::kube::source::{Branch, GitUrl, RepoPath};
-use crate::seal::{self, PcrField, PcrPolicy, TpmSettings};
+use crate::seal::{self, KeyFactor, PcrField, PcrPolicy, TpmSettings};
+use crate::secureboot;
 use crate::steps::StepId;
 use crate::tpm::transport::Address;
 
@@ -121,6 +122,9 @@ impl Validator<'_> {
         let cluster = self.cluster(raw.talos, raw.kubernetes);
         let tpm = self.tpm(raw.tpm, env);
         let secrets = self.secrets(raw.secrets);
+        if let (Some(tpm), Some(secrets)) = (&tpm, &secrets) {
+            self.tpm_for_secrets(tpm, secrets);
+        }
         let bundle = self.bundle(raw.bundle);
         let flux = self.flux(raw.flux);
         let status = match (env(env::STATUS), &raw.status) {
@@ -219,6 +223,10 @@ impl Validator<'_> {
             lock_pcr: None,
             nv_index: None,
             salt_key_name: None,
+            insecure_transport: None,
+            recipient: None,
+            factor: None,
+            efivars: None,
         });
         let mut address = match &raw.device {
             Some(d) => self.parse::<Address>("tpm.device", d),
@@ -283,12 +291,64 @@ impl Validator<'_> {
                 .map_err(|e| self.invalid("tpm.saltKeyName", line(n), e))
                 .ok(),
         };
-        Some(TpmSettings {
+        let recipient = match &raw.recipient {
+            None => Some(None),
+            Some(r) => seal::parse_recipient(&r.value)
+                .map(Some)
+                .map_err(|e| self.invalid("tpm.recipient", line(r), e))
+                .ok(),
+        };
+        let factor = match &raw.factor {
+            None => Some(None),
+            Some(f) => self.parse::<KeyFactor>("tpm.factor", f).map(Some),
+        };
+        let efivars = match &raw.efivars {
+            None => Some(PathBuf::from(secureboot::SERVICE_EFIVARS)),
+            Some(p) => self.non_empty_path("tpm.efivars", p),
+        };
+        let settings = TpmSettings {
             address: address?,
             policy: policy?,
             nv_index: nv_index?,
             salt_key_name: salt_key_name?,
-        })
+            insecure_transport: raw.insecure_transport.unwrap_or(false),
+            recipient: recipient?,
+            factor: factor?,
+            efivars: efivars?,
+        };
+        if let Some(problem) = settings.transport_problem() {
+            self.invalid("tpm.device", raw.device.as_ref().and_then(line), problem);
+            return None;
+        }
+        Some(settings)
+    }
+
+    /// What the TPM settings must hold once secrets are configured: the key factor (always),
+    /// and the recipient the sealed inputs were made for (as soon as one is sealed).
+    fn tpm_for_secrets(&mut self, tpm: &TpmSettings, secrets: &[SecretSettings]) {
+        if secrets.is_empty() {
+            return;
+        }
+        if tpm.factor.is_none() {
+            self.problem(
+                "tpm.factor",
+                None,
+                "is missing: the identity secrets are sealed to needs both the TPM's seed and this factor",
+                "add 32 random bytes in hex (Terraform: random_bytes.tpm_factor.hex; by hand: `openssl rand -hex 32`), before the first boot",
+            );
+        }
+        if tpm.recipient.is_none()
+            && let Some(i) = secrets.iter().position(|s| s.sealed.is_some())
+        {
+            self.problem(
+                "tpm.recipient",
+                None,
+                format!(
+                    "is missing while secrets[{i}] is sealed: without the pinned recipient a seed planted in the TPM could not be told from ours"
+                ),
+                "pin the recipient the inputs were sealed to (shown by `bootstrap-agent status` while the first boot waits, or printed by `tpm enroll`)",
+            );
+        }
     }
 
     fn secrets(&mut self, raw: Vec<Spanned<RawSecret>>) -> Option<Vec<SecretSettings>> {

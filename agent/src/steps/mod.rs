@@ -23,7 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::bundle::{Bundle, BundleError};
 use crate::error::{Classify, ErrorKind, chain};
 use crate::kube::{Cluster, FluxSync, KubeError, ObjectReport};
-use crate::seal::{SealError, TpmSettings};
+use crate::seal::{SealError, TpmSettings, UnsealedSecret};
 use crate::talos::{Kubeconfig, NodeClient, TalosError};
 
 pub use self::kube::BundleSettings;
@@ -122,6 +122,7 @@ macro_rules! sequence {
 }
 
 sequence! {
+    secrets::Unseal,
     talos::TalosApi,
     talos::Etcd,
     talos::Kubeconfig,
@@ -263,6 +264,9 @@ pub struct Awaiting {
     pub recipient: String,
     /// The exact command the operator runs to seal an input to it.
     pub command: String,
+    /// The TPM's salt key name, to pin as `tpm.saltKeyName` (not known when the seed was locked
+    /// by an earlier run of this boot).
+    pub salt_key_name: Option<String>,
 }
 
 /// What a step attempt achieved.
@@ -390,8 +394,12 @@ pub struct Context {
     kubeconfig: Option<Kubeconfig>,
     cluster: Option<Cluster>,
     bundle: Option<Result<Bundle, BundleError>>,
-    /// Set by the secrets step while sealed inputs are missing (this run).
+    /// Set by the unseal step while sealed inputs are missing (this run).
     awaiting: Option<Awaiting>,
+    /// The decrypted inputs, from the unseal step until the secrets step has them in the
+    /// cluster; zeroised when dropped. `None` when an earlier run of this boot unsealed and
+    /// locked the seed.
+    unsealed: Option<Vec<UnsealedSecret>>,
     /// When the hand-over started waiting for Flux to apply what the agent installed.
     handoff_since: Option<tokio::time::Instant>,
 }
@@ -407,6 +415,7 @@ impl Context {
             cluster: None,
             bundle: bundle.map(Ok),
             awaiting: None,
+            unsealed: None,
             handoff_since: None,
         }
     }
@@ -421,6 +430,15 @@ impl Context {
             self.bundle = Some(Bundle::load_dir(&self.settings.bundle.dir));
         }
         self.bundle.as_ref()
+    }
+}
+
+impl Context {
+    /// Whether this context holds decrypted inputs that are not in the cluster yet. The seed
+    /// is locked once they are decrypted, so a new process could not decrypt them again this
+    /// boot: the caller runs the sequence again with this context instead of exiting.
+    pub fn holds_unsealed(&self) -> bool {
+        self.unsealed.is_some()
     }
 }
 
@@ -440,6 +458,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "unseal",
                 "talos-api",
                 "etcd",
                 "kubeconfig",
@@ -459,7 +478,8 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "talosApi", "etcd", "kubeApi", "secrets", "crds", "flux", "ready", "handoff"
+                "unseal", "talosApi", "etcd", "kubeApi", "secrets", "crds", "flux", "ready",
+                "handoff"
             ]
         );
         for id in StepId::ALL {

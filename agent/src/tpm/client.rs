@@ -284,9 +284,20 @@ impl Tpm {
             &w.buf,
             1,
         )?;
-        let mut r = super::wire::Reader::new(&p, "StartAuthSession response");
-        let nonce_tpm = r.tpm2b()?.to_vec();
-        let handle = handles.first().copied().unwrap_or_default();
+        let Some(&handle) = handles.first() else {
+            return Err(TpmError::Malformed {
+                what: "StartAuthSession response",
+                detail: "no session handle".into(),
+            });
+        };
+        // From here on the TPM holds a session: flush it if the rest of the answer is unusable.
+        let nonce_tpm = match parse_nonce(&p) {
+            Ok(n) => n,
+            Err(e) => {
+                self.flush_quietly(handle);
+                return Err(e);
+            }
+        };
         let key = kdfa(&salt, "ATH", &nonce_tpm, &nonce_caller, 256);
         Ok(Session {
             handle,
@@ -294,6 +305,20 @@ impl Tpm {
             nonce_tpm,
         })
     }
+}
+
+/// The nonceTPM of a StartAuthSession answer: a SHA-256-sized TPM2B and nothing after it.
+fn parse_nonce(parameters: &[u8]) -> Result<Vec<u8>, TpmError> {
+    let mut r = super::wire::Reader::new(parameters, "StartAuthSession response");
+    let nonce = r.tpm2b()?.to_vec();
+    r.finish()?;
+    if nonce.len() != NONCE_LEN {
+        return Err(TpmError::Malformed {
+            what: "StartAuthSession response",
+            detail: format!("nonceTPM of {} bytes, expected {NONCE_LEN}", nonce.len()),
+        });
+    }
+    Ok(nonce)
 }
 
 /// Applies `f` to the data of the first parameter, which must be a TPM2B.

@@ -270,8 +270,9 @@ impl Tpm {
         .map(|_| ())
     }
 
-    /// TPM2_NV_Write authorized by the owner through `session` (salted HMAC session), with the
-    /// data parameter-encrypted so it never crosses the bus in clear.
+    /// TPM2_NV_Write authorized by the index itself through a satisfied policy `session`
+    /// (TPMA_NV_POLICYWRITE), with the data parameter-encrypted so it never crosses the bus in
+    /// clear.
     pub fn nv_write_encrypted(
         &mut self,
         public: &NvPublic,
@@ -285,7 +286,7 @@ impl Tpm {
         self.execute(
             "NV_Write",
             0x137,
-            &[(RH_OWNER, &RH_OWNER.to_be_bytes()), (public.index, &name)],
+            &[(public.index, &name), (public.index, &name)],
             &mut [Auth::Session {
                 session,
                 attributes: super::client::ATTR_CONTINUE | super::client::ATTR_DECRYPT,
@@ -296,14 +297,22 @@ impl Tpm {
         .map(|_| ())
     }
 
-    /// TPM2_NV_WriteLock by the owner (with TPMA_NV_WRITEDEFINE: locked for good).
-    pub fn nv_write_lock(&mut self, public: &NvPublic) -> Result<(), TpmError> {
+    /// TPM2_NV_WriteLock authorized by the index through a satisfied policy `session` (with
+    /// TPMA_NV_WRITEDEFINE: locked until the index is deleted).
+    pub fn nv_write_lock(
+        &mut self,
+        public: &NvPublic,
+        session: &mut Session,
+    ) -> Result<(), TpmError> {
         let name = public.name();
         self.execute(
             "NV_WriteLock",
             0x138,
-            &[(RH_OWNER, &RH_OWNER.to_be_bytes()), (public.index, &name)],
-            &mut [Auth::Password],
+            &[(public.index, &name), (public.index, &name)],
+            &mut [Auth::Session {
+                session,
+                attributes: super::client::ATTR_CONTINUE,
+            }],
             &[],
             0,
         )

@@ -1,5 +1,13 @@
 //! The spec's key derivation and session cryptography (TPM 2.0 Part 1, 11.4 and 19.6), SHA-256
 //! only: KDFa, KDFe, HMAC and AES-128-CFB parameter encryption.
+//!
+//! Zeroised: every derived key and block (`Zeroizing`), and, with the crates' `zeroize` features
+//! on, the AES-128 key schedule (`aes`) and the CFB register (`cfb-mode`) when the cipher is
+//! dropped. Not zeroised: the SHA-256 and HMAC-SHA256 states inside `sha2` 0.10 and `hmac`
+//! 0.12 (the inner/outer padded-key states of an HMAC over the session key, the hashing state
+//! of KDFe over the ECDH secret), which these crates keep in plain structs with no `Zeroize`
+//! support; they are stack temporaries of the functions below and are overwritten by later
+//! calls, not wiped.
 
 use aes::Aes128;
 use cfb_mode::cipher::{AsyncStreamCipher, KeyIvInit};

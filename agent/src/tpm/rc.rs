@@ -19,6 +19,8 @@ pub const RC_INITIALIZE: u32 = 0x100;
 pub const RC_FAILURE: u32 = 0x101;
 pub const RC_LOCKOUT: u32 = 0x921;
 pub const RC_NV_DEFINED: u32 = 0x14C;
+/// A PCR changed between the policy check and the command it authorizes (Part 2, 6.6.3).
+pub const RC_PCR_CHANGED: u32 = 0x128;
 /// Format-1 error numbers the agent reacts to.
 pub const FMT1_HANDLE: u32 = 0x0B;
 pub const FMT1_POLICY_FAIL: u32 = 0x1D;

@@ -40,7 +40,7 @@ use tempfile::TempDir;
 use crate::envtest::ApiServer;
 use crate::kubeapi::ObjectRef;
 use crate::kubeapi::fixture::{Corpus, compose_bundle};
-use crate::swtpm::{Swtpm, agent_binary};
+use crate::swtpm::{Swtpm, TEST_FACTOR, agent_binary};
 use crate::talos::StandIn;
 pub use controllers::{COMPONENTS_REVISION, ControllerDelays, Controllers, Git, REVISION};
 pub use service::{Exit, Launch, Service, ServiceReport, TALOS_RESTART_INTERVAL};
@@ -162,6 +162,7 @@ impl Node {
             Restart::UntilSuccess,
             "the rehearsal assumes restart: untilSuccess"
         );
+        check_efivars_mounts(&spec);
         let tpm = Swtpm::start().expect("start swtpm (install swtpm: tests/install-deps.sh)");
         let root = tempfile::Builder::new()
             .prefix("node-root")
@@ -192,7 +193,21 @@ impl Node {
             work,
         };
         node.prepare_mounts();
+        node.firmware(true, false);
         node
+    }
+
+    /// The firmware's SecureBoot state as efivarfs shows it on the host, at the sources the
+    /// service spec mounts (the agent reads them there in the rehearsal: paths are not mapped
+    /// into a container). SecureBoot on, user mode, unless a test says otherwise.
+    pub fn firmware(&self, secure_boot: bool, setup_mode: bool) {
+        bootstrap_agent::secureboot::write_fake(&self.efivars_dir(), secure_boot, setup_mode)
+            .expect("fake efivars");
+    }
+
+    /// Where the host's efivarfs is under the host root.
+    pub fn efivars_dir(&self) -> PathBuf {
+        host_path(self.root(), bootstrap_agent::secureboot::KERNEL_EFIVARS)
     }
 
     /// Talos creates a missing bind-mount source directory (mode 0700) before starting the
@@ -239,29 +254,39 @@ impl Node {
         host_path(self.root(), STATUS_PATH)
     }
 
-    /// The agent's configuration for this node; `sealed` is the armored SOPS key sealed to the
-    /// TPM, `None` before enrolment.
-    pub fn config_text(&self, sealed: Option<&str>) -> String {
+    /// The agent's configuration for this node. Before the SOPS key is sealed (`None`): the
+    /// key factor, no recipient, and the simulator's socket without a pinned salt key
+    /// (`insecureTransport`, as nothing is known yet). Once sealed: the sealed key, and the
+    /// recipient and salt key name the operator pins, as Terraform writes them.
+    pub fn config_text(&self, sealed: Option<&Sealed>) -> String {
         let mut secret =
             "  - namespace: flux-system\n    name: sops-age\n    key: age.agekey\n".to_string();
-        if let Some(armor) = sealed {
-            secret.push_str("    sealed: |\n");
-            for line in armor.trim_end().lines() {
-                secret.push_str("      ");
-                secret.push_str(line);
-                secret.push('\n');
+        let pins = match sealed {
+            Some(s) => {
+                secret.push_str("    sealed: |\n");
+                for line in s.armor.trim_end().lines() {
+                    secret.push_str("      ");
+                    secret.push_str(line);
+                    secret.push('\n');
+                }
+                format!(
+                    "  recipient: {}\n  saltKeyName: {}\n",
+                    s.recipient, s.salt_key_name
+                )
             }
-        }
+            None => "  insecureTransport: true\n".to_string(),
+        };
         format!(
-            "talos:\n  socket: {socket}\n  bootstrapEtcd: true\ntpm:\n  device: {tpm}\n  pcrs: [7]\n  lockPcr: 15\nsecrets:\n{secret}bundle:\n  dir: {bundle}\nflux:\n  url: {FLUX_URL}\n  branch: main\n  path: ./kubernetes/flux-system\nstatus: {STATUS_PATH}\n",
+            "talos:\n  socket: {socket}\n  bootstrapEtcd: true\ntpm:\n  device: {tpm}\n  pcrs: [7]\n  lockPcr: 15\n  factor: {TEST_FACTOR}\n  efivars: {efivars}\n{pins}secrets:\n{secret}bundle:\n  dir: {bundle}\nflux:\n  url: {FLUX_URL}\n  branch: main\n  path: ./kubernetes/flux-system\nstatus: {STATUS_PATH}\n",
             socket = self.talos.socket_path().display(),
             tpm = self.tpm.address(),
+            efivars = self.efivars_dir().display(),
             bundle = self.bundle_dir().display(),
         )
     }
 
     /// Writes the configuration (as Talos mounts the ExtensionServiceConfig file).
-    pub fn write_config(&self, sealed: Option<&str>) {
+    pub fn write_config(&self, sealed: Option<&Sealed>) {
         self.write_config_text(&self.config_text(sealed));
     }
 
@@ -368,14 +393,21 @@ impl Node {
         (service, status)
     }
 
-    /// Waits until the agent waits for the operator; returns the TPM recipient.
-    pub async fn wait_for_enrolment(&self, timeout: Duration) -> String {
+    /// Waits until the agent waits for the operator; returns what it shows: the TPM's recipient
+    /// and salt key name.
+    pub async fn wait_for_enrolment(&self, timeout: Duration) -> Enrolment {
         let s = self
             .wait_status(timeout, "waiting with a recipient", |s| {
                 s.phase == Phase::Waiting && s.tpm.is_some()
             })
             .await;
-        s.tpm.expect("tpm record").recipient
+        let tpm = s.tpm.expect("tpm record");
+        Enrolment {
+            recipient: tpm.recipient,
+            salt_key_name: tpm
+                .salt_key_name
+                .expect("the status shows the salt key name to pin"),
+        }
     }
 
     /// A reboot without reflash: the TPM's PCRs reset (NV kept) and the firmware starts it up
@@ -497,7 +529,39 @@ impl Node {
     }
 }
 
-/// What the operator did at first boot: the SOPS key and its sealed form.
+/// The spec gives the agent the firmware's SecureBoot state where it reads it by default: the
+/// two variables of efivarfs, read-only, at `/run/efivars` (the container's `/sys/firmware` is
+/// masked by containerd's default spec, and `/run` is a tmpfs where the mount points can be
+/// created; see `extension/bootstrap-agent.yaml`).
+fn check_efivars_mounts(spec: &ServiceSpec) {
+    use bootstrap_agent::secureboot::{KERNEL_EFIVARS, SERVICE_EFIVARS, variable_file};
+    for name in ["SecureBoot", "SetupMode"] {
+        let inside = variable_file(Path::new(SERVICE_EFIVARS), name);
+        let inside = inside.display().to_string();
+        let mount = spec
+            .mount_at(&inside)
+            .unwrap_or_else(|| panic!("the service spec does not mount {inside}"));
+        assert_eq!(
+            Path::new(&mount.source),
+            variable_file(Path::new(KERNEL_EFIVARS), name),
+            "{inside}: mounted from another source"
+        );
+        assert!(
+            mount.options.iter().any(|o| o == "ro"),
+            "{inside} must be mounted read-only: {:?}",
+            mount.options
+        );
+    }
+}
+
+/// What the first boot shows the operator: the TPM's recipient and salt key name (public).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolment {
+    pub recipient: String,
+    pub salt_key_name: String,
+}
+
+/// What the operator did at first boot: the SOPS key and its sealed form, and the pins.
 #[derive(Debug, Clone)]
 pub struct Sealed {
     /// The whole `age-keygen` key file (comment lines and the identity line).
@@ -505,48 +569,72 @@ pub struct Sealed {
     /// The armored age file sealed to the TPM's recipient.
     pub armor: String,
     pub recipient: String,
+    pub salt_key_name: String,
 }
 
 impl Node {
-    /// Operator side without a waiting agent: `bootstrap-agent tpm enroll` on the node's TPM,
-    /// `age-keygen`, `age -a -r RECIPIENT`, and the sealed key in the configuration.
+    /// Operator side without a waiting agent: `bootstrap-agent tpm enroll` on the node's TPM
+    /// (with the configuration's key factor), `age-keygen`, `age -a -r RECIPIENT`, and the
+    /// sealed key and the pins in the configuration. Enrolling does not lock the seed: the
+    /// agent started next unseals it in this boot.
     pub fn enrol_and_seal(&self) -> Sealed {
-        let out = self.agent(&["tpm", "enroll", "--tpm", &self.tpm.address()]);
-        assert!(
-            out.status.success(),
-            "tpm enroll: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let recipient = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let sealed = self.seal_to(&recipient);
-        self.write_config(Some(&sealed.armor));
+        let factor = self.tpm.factor_file();
+        let efivars = self.efivars_dir();
+        let out = self.agent(&[
+            "tpm",
+            "enroll",
+            "--tpm",
+            &self.tpm.address(),
+            "--insecure-transport",
+            "--factor-file",
+            &factor.display().to_string(),
+            "--efivars",
+            &efivars.display().to_string(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "tpm enroll: {err}");
+        let enrolment = Enrolment {
+            recipient: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            salt_key_name: err
+                .lines()
+                .find_map(|l| l.strip_prefix("salt key name: "))
+                .expect("tpm enroll prints the salt key name")
+                .trim()
+                .to_string(),
+        };
+        let sealed = self.seal_to(&enrolment);
+        self.write_config(Some(&sealed));
         sealed
     }
 
-    /// Generates a SOPS key with `age-keygen` and seals it to `recipient` with `age`.
-    pub fn seal_to(&self, recipient: &str) -> Sealed {
+    /// Generates a SOPS key with `age-keygen` and seals it to the enrolment's recipient with
+    /// `age`.
+    pub fn seal_to(&self, enrolment: &Enrolment) -> Sealed {
         let key_path = self.work().join(".age-key.txt");
         let _ = std::fs::remove_file(&key_path);
         let key_file = age_keygen(&key_path);
-        let armor = age_seal(recipient, &key_path);
+        let armor = age_seal(&enrolment.recipient, &key_path);
         Sealed {
             key_file,
             armor,
-            recipient: recipient.to_string(),
+            recipient: enrolment.recipient.clone(),
+            salt_key_name: enrolment.salt_key_name.clone(),
         }
     }
 
-    /// Scenario "first boot on a fresh TPM": the agent enrols and waits with the recipient in
-    /// its status; the operator seals a new key to it into the configuration; Talos restarts
-    /// the service on the configuration change and it runs to Flux Ready. Returns the sealed
-    /// key and the reports of both services (waiting, then ready).
+    /// Scenario "first boot on a fresh TPM": the agent enrols, locks the seed and waits with
+    /// the recipient and salt key name in its status; the operator seals a new key to it and
+    /// pins both in the configuration; the node reboots (the seed is locked until then: the
+    /// apply that delivers the sealed key reboots the node) and the agent runs to Flux Ready.
+    /// Returns the sealed key and the reports of both services (waiting, then ready).
     pub async fn first_boot(&self, timeout: Duration) -> (Sealed, ServiceReport, ServiceReport) {
         self.write_config(None);
         let waiting = self.service();
-        let recipient = self.wait_for_enrolment(timeout).await;
-        let sealed = self.seal_to(&recipient);
-        self.write_config(Some(&sealed.armor));
+        let enrolment = self.wait_for_enrolment(timeout).await;
+        let sealed = self.seal_to(&enrolment);
         let waited = waiting.stop().await;
+        self.write_config(Some(&sealed));
+        self.reboot();
         let ready = self.service().wait(timeout).await;
         assert_eq!(
             ready.last().and_then(|e| e.code),

@@ -19,6 +19,7 @@ pub enum Restart {
 pub struct Mount {
     pub source: String,
     pub destination: String,
+    pub options: Vec<String>,
 }
 
 /// What the harness needs of the service spec.
@@ -77,6 +78,12 @@ impl ServiceSpec {
             mounts.push(Mount {
                 source: s(&m["source"], "container.mounts[].source")?,
                 destination: s(&m["destination"], "container.mounts[].destination")?,
+                options: m["options"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|o| s(o, "container.mounts[].options[]"))
+                    .collect::<Result<_, _>>()?,
             });
         }
         let restart = match doc["restart"].as_str() {
@@ -107,6 +114,11 @@ impl ServiceSpec {
                 }
             })
             .collect()
+    }
+
+    /// The mount whose destination is `destination`.
+    pub fn mount_at(&self, destination: &str) -> Option<&Mount> {
+        self.mounts.iter().find(|m| m.destination == destination)
     }
 
     /// The path of `--config` as the spec passes it (inside the container).
