@@ -3,8 +3,10 @@
 //! its take-over of the managers it knows: `envtest::kustomize_controller`), helm-controller
 //! installs cert-manager's CRDs, and the agent lets go. Then no object is left that only the
 //! agent owns, the agent owns no field at all, a field Git dropped disappears, an object the
-//! agent created that Git does not have is gone, and the next boot changes nothing, even with
-//! another Git URL in the agent's configuration.
+//! agent created that Git does not have is gone (only if it still carries the agent's label:
+//! one an operator took the label off stays, and so does every object the agent never
+//! created), and the next boot changes nothing, even with another Git URL in the agent's
+//! configuration.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
@@ -21,6 +23,8 @@ use zeroize::Zeroizing;
 
 const REV: &str = "main@sha1:0123456789abcdef0123456789abcdef01234567";
 const URL: &str = "https://github.com/example/homelab";
+/// Flux components the agent installed that Git no longer has.
+const GIT_DROPPED: [&str; 2] = ["allow-scraping", "allow-webhooks"];
 
 fn sync() -> FluxSync {
     FluxSync::new(URL, "main", "./kubernetes/flux-system")
@@ -55,13 +59,13 @@ async fn boot(cluster: &Cluster, bundle: &Bundle, sync: &FluxSync) -> Readiness 
 
 /// Flux's components as Git holds them: the same manifests as the agent's bundle (the point of
 /// pinning one Flux), except that Git has since dropped a label from source-controller's
-/// Deployment and the NetworkPolicy `allow-scraping`.
+/// Deployment and the NetworkPolicies `allow-scraping` and `allow-webhooks`.
 fn git_components(bundle: &Bundle) -> Vec<Value> {
     bundle
         .flux
         .iter()
         .map(Manifest::object)
-        .filter(|o| o["metadata"]["name"] != "allow-scraping")
+        .filter(|o| !GIT_DROPPED.contains(&o["metadata"]["name"].as_str().unwrap_or_default()))
         .map(|mut o| {
             if o["kind"] == "Deployment"
                 && o["metadata"]["name"] == "source-controller"
@@ -181,6 +185,34 @@ async fn after_flux_takes_over_the_agent_owns_nothing_and_the_next_boot_changes_
         "{before:#?}"
     );
 
+    // Meanwhile an operator takes the agent's label off one of them (it is theirs now), and keeps
+    // a note of their own in Flux's namespace. Neither is the agent's to delete.
+    let webhooks = ObjectRef::new(
+        "networking.k8s.io",
+        "networkpolicies",
+        "flux-system",
+        "allow-webhooks",
+    );
+    let (code, body) = server
+        .json_patch(
+            &webhooks,
+            &json!([{"op": "remove", "path": "/metadata/labels/app.kubernetes.io~1managed-by"}]),
+            "kubectl-label",
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let notes = ObjectRef::new("", "configmaps", "flux-system", "operator-notes");
+    let notes_before = server
+        .create_as(
+            &notes,
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "operator-notes", "namespace": "flux-system",
+                    "labels": {"app.kubernetes.io/part-of": "flux"}},
+                "data": {"note": "mine"}}),
+            "kubectl-create",
+        )
+        .await;
+
     // Flux applies Git. On its own it does not take the agent's fields over: kustomize-controller
     // only takes over the managers it knows.
     flux_applies_git(&server, &bundle).await;
@@ -203,15 +235,41 @@ async fn after_flux_takes_over_the_agent_owns_nothing_and_the_next_boot_changes_
         .map(|r| r.name.as_str())
         .collect();
     assert_eq!(deleted, ["allow-scraping"], "{h:#?}");
+    // The object the operator took the label off stays, reported, and nothing waits for it.
+    let kept: Vec<&str> = h
+        .reports
+        .iter()
+        .filter(|r| r.state == ObjectState::Kept)
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(kept, ["allow-webhooks"], "{h:#?}");
+    let report = h
+        .reports
+        .iter()
+        .find(|r| r.name == "allow-webhooks")
+        .unwrap();
+    assert!(report.message.contains("no longer labelled"), "{report}");
+    assert!(server.get(&webhooks).await.is_some());
     assert!(
-        h.reports
-            .iter()
-            .all(|r| matches!(r.state, ObjectState::Released | ObjectState::Deleted)),
+        h.reports.iter().all(|r| matches!(
+            r.state,
+            ObjectState::Released | ObjectState::Deleted | ObjectState::Kept
+        )),
         "{h:#?}"
     );
+    // The operator's own object in Flux's namespace is untouched, its labels notwithstanding.
+    let notes_after = server.get(&notes).await.unwrap();
+    assert_eq!(
+        notes_after["metadata"]["resourceVersion"], notes_before["metadata"]["resourceVersion"],
+        "{notes_after}"
+    );
 
-    // No object is left that the agent owns, alone or with others; nothing carries its label.
+    // No object is left that the agent owns, alone or with others, but the one the operator
+    // claimed; nothing carries its label.
     for o in agent_objects(&server, &bundle).await {
+        if o["metadata"]["name"] == "allow-webhooks" {
+            continue;
+        }
         assert!(
             !managers(&o).contains_key("bootstrap-agent"),
             "{} still has a bootstrap-agent entry: {:?}",
@@ -277,7 +335,14 @@ async fn after_flux_takes_over_the_agent_owns_nothing_and_the_next_boot_changes_
     let r = boot(&cluster, &bundle, &sync()).await;
     assert!(matches!(r, Readiness::Ready(_)), "{r:?}");
     let again = cluster.hand_over(&bundle, &sync()).await.unwrap();
-    assert!(again.reports.is_empty(), "{again:#?}");
+    assert_eq!(again.pending, 0, "{again:#?}");
+    assert!(
+        again
+            .reports
+            .iter()
+            .all(|r| r.state == ObjectState::Kept && r.name == "allow-webhooks"),
+        "{again:#?}"
+    );
     let sent: Vec<String> = server
         .agent_requests_since(cursor)
         .await

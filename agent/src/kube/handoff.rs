@@ -19,11 +19,12 @@
 //! Kustomization's inventory (or, for CRDs that a HelmRelease installs, when another manager
 //! owns it too). A Flux component the agent created that no Kustomization lists once every
 //! Kustomization in Flux's namespace is Ready is not in Git: the agent deletes it (only objects
-//! carrying its label; never CRDs or Namespaces, whose deletion would take data with them).
+//! carrying its label; never CRDs or Namespaces, whose deletion would take data with them). One
+//! that lost the label, and a CRD or Namespace Git does not have, is left as it is and reported.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -255,10 +256,29 @@ pub(crate) async fn hand_over(
                 "in Flux's inventory, not applied by kustomize-controller yet",
             ));
         } else if c.component && labelled && !definition && inventories.all_ready {
-            delete(cluster, c, until).await?;
+            if delete(cluster, c, &live.metadata, until).await? {
+                out.reports.push(c.report(
+                    ObjectState::Deleted,
+                    "created by the agent and not in Git (no Kustomization lists it)",
+                ));
+            } else {
+                out.pending += 1;
+                out.reports.push(c.report(
+                    ObjectState::Kept,
+                    "changed by someone else while the agent looked at it: looked at again later",
+                ));
+            }
+        } else if c.component && inventories.all_ready {
+            // Not in Git, and not the agent's to delete: a definition (its deletion takes every
+            // object of its kind, or of the namespace, with it) or an object someone has taken
+            // the agent's label off. Nothing is left to wait for.
             out.reports.push(c.report(
-                ObjectState::Deleted,
-                "created by the agent and not in Git (no Kustomization lists it)",
+                ObjectState::Kept,
+                if definition {
+                    "not in Git; the agent never deletes a CustomResourceDefinition or Namespace (its objects would go with it): delete it by hand if it is no longer wanted"
+                } else {
+                    "not in Git and no longer labelled as the agent's: left as it is"
+                },
             ));
         } else if c.component {
             out.pending += 1;
@@ -306,16 +326,26 @@ async fn release(cluster: &Cluster, c: &Candidate<'_>, until: Instant) -> Result
     .await
 }
 
-async fn delete(cluster: &Cluster, c: &Candidate<'_>, until: Instant) -> Result<(), KubeError> {
+/// Deletes `c` as the agent saw it (`seen`): the UID and resourceVersion are preconditions, so an
+/// object recreated or changed since (its label taken off, say) is never deleted. `false` when a
+/// precondition failed.
+async fn delete(
+    cluster: &Cluster,
+    c: &Candidate<'_>,
+    seen: &kube::api::ObjectMeta,
+    until: Instant,
+) -> Result<bool, KubeError> {
     let api = c.api(cluster);
     let context = format!("delete {}", c.report(ObjectState::Unchanged, "").object());
+    let params = DeleteParams::background().preconditions(Preconditions {
+        uid: seen.uid.clone(),
+        resource_version: seen.resource_version.clone(),
+    });
     retry(until, || async {
-        match api
-            .delete(&c.manifest.name, &DeleteParams::background())
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        match api.delete(&c.manifest.name, &params).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(KubeError::from_kube(&context, e)),
         }
     })
