@@ -161,6 +161,11 @@ impl ApiServer {
         format!("https://127.0.0.1:{}", self.api_port)
     }
 
+    /// The cluster CA (PEM) the kubeconfigs trust.
+    pub fn ca_pem(&self) -> &str {
+        &self.pki.ca_pem
+    }
+
     /// The agent's kubeconfig (user `bootstrap-agent`, cluster admin), as Talos would give it.
     pub fn kubeconfig(&self) -> String {
         kubeconfig_text(self.api_port, &self.pki.ca_pem, &self.agent)
