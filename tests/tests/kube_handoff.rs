@@ -185,6 +185,47 @@ async fn after_flux_takes_over_the_agent_owns_nothing_and_the_next_boot_changes_
         "{before:#?}"
     );
 
+    // Kustomizations Ready without an inventory that lists Flux's components (flux-components
+    // created and reporting Ready before it has applied anything, or any controller that writes
+    // Ready before its inventory): nothing is taken for "not in Git", nothing is deleted.
+    let ks = |name: &str| {
+        ObjectRef::new(
+            "kustomize.toolkit.fluxcd.io",
+            "kustomizations",
+            "flux-system",
+            name,
+        )
+    };
+    let (code, body) = server
+        .apply_raw(
+            &ks("flux-components"),
+            &json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+                "metadata": {"name": "flux-components", "namespace": "flux-system"},
+                "spec": {"interval": "1h0m0s", "path": "./", "prune": true,
+                    "sourceRef": {"kind": "OCIRepository", "name": "flux-components"}}}),
+            "kustomize-controller",
+            true,
+            false,
+        )
+        .await;
+    assert!(code < 300, "{code} {body}");
+    for name in ["flux-system", "flux-components"] {
+        assert!(
+            server
+                .mark_flux(&ks(name), "True", "ReconciliationSucceeded", "", REV)
+                .await
+        );
+    }
+    let early = cluster.hand_over(&bundle, &sync()).await.unwrap();
+    assert!(
+        early
+            .reports
+            .iter()
+            .all(|r| r.state != ObjectState::Deleted),
+        "{early:#?}"
+    );
+    assert!(early.pending > 0, "{early:#?}");
+
     // Meanwhile an operator takes the agent's label off one of them (it is theirs now), and keeps
     // a note of their own in Flux's namespace. Neither is the agent's to delete.
     let webhooks = ObjectRef::new(

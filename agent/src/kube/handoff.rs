@@ -18,7 +18,8 @@
 //! object is released only when it has a `kustomize-controller` Apply entry and is in a
 //! Kustomization's inventory (or, for CRDs that a HelmRelease installs, when another manager
 //! owns it too). A Flux component the agent created that no Kustomization lists once every
-//! Kustomization in Flux's namespace is Ready is not in Git: the agent deletes it (only objects
+//! Kustomization in Flux's namespace is Ready, and once an inventory lists Flux's components at
+//! all, is not in Git: the agent deletes it (only objects
 //! carrying its label; never CRDs or Namespaces, whose deletion would take data with them). One
 //! that lost the label, and a CRD or Namespace Git does not have, is left as it is and reported.
 
@@ -149,6 +150,15 @@ impl Candidate<'_> {
             message,
         )
     }
+    fn inventory_id(&self) -> String {
+        inventory_id(
+            self.namespace.as_deref().unwrap_or_default(),
+            &self.manifest.name,
+            &self.manifest.api_version,
+            &self.manifest.kind,
+        )
+    }
+
     fn api(&self, cluster: &Cluster) -> Api<DynamicObject> {
         match &self.namespace {
             Some(ns) => Api::namespaced_with(cluster.client().clone(), ns, &self.mapping.resource),
@@ -196,6 +206,12 @@ pub(crate) async fn hand_over(
             component,
         });
     }
+    // Git's Flux components have been applied and recorded only once some inventory lists one
+    // of them. Until then no component is taken for "not in Git", however Ready the
+    // Kustomizations are (flux-components may exist and report Ready before it lists anything).
+    let components_recorded = candidates
+        .iter()
+        .any(|c| c.component && inventories.ids.contains(&c.inventory_id()));
     let mut out = HandOver::default();
     for c in &candidates {
         let api = c.api(cluster);
@@ -216,13 +232,7 @@ pub(crate) async fn hand_over(
             // Handed over before (or never the agent's): nothing to do, nothing reported.
             continue;
         }
-        let id = inventory_id(
-            c.namespace.as_deref().unwrap_or_default(),
-            &c.manifest.name,
-            &c.manifest.api_version,
-            &c.manifest.kind,
-        );
-        let listed = inventories.ids.contains(&id);
+        let listed = inventories.ids.contains(&c.inventory_id());
         let taken = owners
             .get(KUSTOMIZE_CONTROLLER)
             .is_some_and(|ops| ops.contains("Apply"));
@@ -255,7 +265,12 @@ pub(crate) async fn hand_over(
                 ObjectState::Kept,
                 "in Flux's inventory, not applied by kustomize-controller yet",
             ));
-        } else if c.component && labelled && !definition && inventories.all_ready {
+        } else if c.component
+            && labelled
+            && !definition
+            && inventories.all_ready
+            && components_recorded
+        {
             if delete(cluster, c, &live.metadata, until).await? {
                 out.reports.push(c.report(
                     ObjectState::Deleted,
@@ -268,7 +283,7 @@ pub(crate) async fn hand_over(
                     "changed by someone else while the agent looked at it: looked at again later",
                 ));
             }
-        } else if c.component && inventories.all_ready {
+        } else if c.component && inventories.all_ready && components_recorded {
             // Not in Git, and not the agent's to delete: a definition (its deletion takes every
             // object of its kind, or of the namespace, with it) or an object someone has taken
             // the agent's label off. Nothing is left to wait for.

@@ -327,21 +327,23 @@ impl<'a> Kustomization<'a> {
                 json!({"id": inventory_id(o), "v": v})
             })
             .collect();
+        // Ready and the inventory arrive in one status write: kustomize-controller sets
+        // `Status.Inventory` during the reconciliation and patches the whole status once, when
+        // Reconcile returns (internal/controller/kustomization_controller.go, the deferred
+        // `finalizeStatus` and patch), so nobody sees a Ready Kustomization without its inventory.
         if self.server.get(&ks).await.is_some() {
             assert!(
                 self.server
-                    .mark_flux(
+                    .mark_flux_with(
                         &ks,
                         "True",
                         "ReconciliationSucceeded",
                         &format!("Applied revision: {revision}"),
-                        revision
+                        revision,
+                        json!({"inventory": {"entries": entries}}),
                     )
                     .await
             );
-            self.server
-                .patch_status(&ks, json!({"inventory": {"entries": entries}}))
-                .await;
         }
         changes
     }

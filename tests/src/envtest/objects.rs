@@ -266,6 +266,21 @@ impl ApiServer {
         message: &str,
         revision: &str,
     ) -> bool {
+        self.mark_flux_with(r, ready, reason, message, revision, Value::Null)
+            .await
+    }
+
+    /// [`Self::mark_flux`] with more status fields (`extra`, an object) in the same write, as a
+    /// Flux controller patches its whole status at once.
+    pub async fn mark_flux_with(
+        &self,
+        r: &ObjectRef,
+        ready: &str,
+        reason: &str,
+        message: &str,
+        revision: &str,
+        extra: Value,
+    ) -> bool {
         let Some(obj) = self.get(r).await else {
             return false;
         };
@@ -291,6 +306,11 @@ impl ApiServer {
             status["lastAttemptedRevision"] = json!(revision);
             if ready == "True" {
                 status["lastAppliedRevision"] = json!(revision);
+            }
+        }
+        if let Value::Object(fields) = extra {
+            for (k, v) in fields {
+                status[k] = v;
             }
         }
         self.patch_status(r, status).await
