@@ -100,7 +100,10 @@ impl Swtpm {
             }
             let ready = match &listen {
                 Listen::Tcp { port } => TcpStream::connect(("127.0.0.1", *port)).is_ok(),
-                Listen::Unix { server, .. } => server.exists(),
+                // The socket file appears at bind(), before listen(): connect, as for TCP.
+                Listen::Unix { server, .. } => {
+                    std::os::unix::net::UnixStream::connect(server).is_ok()
+                }
             };
             if ready {
                 break;
