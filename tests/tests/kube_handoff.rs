@@ -78,8 +78,8 @@ fn git_components(bundle: &Bundle) -> Vec<Value> {
         .collect()
 }
 
-/// What `kubernetes/flux-system` holds: the sync objects and the Kustomization that applies
-/// Flux's components from their OCI artifact.
+/// What `kubernetes/flux-system` holds: the sync objects, the Kustomization that applies Flux's
+/// components from their OCI artifact, and the gateway-api layer.
 fn git_flux_system() -> Vec<Value> {
     let mut objects = sync().objects();
     objects.push(json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "OCIRepository",
@@ -91,11 +91,24 @@ fn git_flux_system() -> Vec<Value> {
         "spec": {"interval": "1h0m0s", "path": "./", "prune": true,
             "sourceRef": {"kind": "OCIRepository", "name": "flux-components"}}}),
     );
+    objects.push(
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+        "metadata": {"name": "gateway-api", "namespace": "flux-system"},
+        "spec": {"interval": "24h0m0s", "url": "https://github.com/kubernetes-sigs/gateway-api",
+            "ref": {"commit": "8bb74df00e56ec8f944d48c25e6c1c9c2f6848e3"}}}),
+    );
+    objects.push(
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": "gateway-api", "namespace": "flux-system"},
+        "spec": {"interval": "1h0m0s", "path": "./config/crd/standard", "prune": false,
+            "sourceRef": {"kind": "GitRepository", "name": "gateway-api"}}}),
+    );
     objects
 }
 
 /// Flux takes over from Git: the controllers run, flux-system applies its path, flux-components
-/// applies Flux's manifests, helm-controller installs cert-manager's CRDs with its chart.
+/// applies Flux's manifests, gateway-api applies the Gateway API's CRDs, helm-controller
+/// installs cert-manager's CRDs with its chart.
 async fn flux_applies_git(server: &ApiServer, bundle: &Bundle) {
     for d in server.list("apps", "deployments").await {
         let ns = d["metadata"]["namespace"].as_str().unwrap();
@@ -122,7 +135,26 @@ async fn flux_applies_git(server: &ApiServer, bundle: &Bundle) {
     Kustomization::new(server, "flux-components", "flux-system")
         .reconcile(&git_components(bundle), "v2.9.4@sha256:0")
         .await;
-    for crd in bundle.crds.iter().filter(|m| m.is_crd()) {
+    // The gateway-api layer: kustomize-controller applies the Gateway API's CRDs from the
+    // tagged source (kubernetes/flux-system/gateway-api.yaml, `prune: false`).
+    let gateway: Vec<Value> = bundle
+        .crds
+        .iter()
+        .filter(|m| m.is_crd() && m.name().ends_with(".gateway.networking.k8s.io"))
+        .map(Manifest::object)
+        .collect();
+    assert!(!gateway.is_empty(), "the bundle has the Gateway API's CRDs");
+    Kustomization::new(server, "gateway-api", "flux-system")
+        .reconcile(
+            &gateway,
+            "v1.6.1@sha1:8bb74df00e56ec8f944d48c25e6c1c9c2f6848e3",
+        )
+        .await;
+    for crd in bundle
+        .crds
+        .iter()
+        .filter(|m| m.is_crd() && !m.name().ends_with(".gateway.networking.k8s.io"))
+    {
         let (code, body) = server
             .apply_raw(
                 &ObjectRef::crd(crd.name()),
@@ -166,7 +198,7 @@ fn describe(o: &Value) -> String {
 async fn after_flux_takes_over_the_agent_owns_nothing_and_the_next_boot_changes_nothing() {
     let server = ApiServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    compose_bundle(dir.path(), Corpus { gateway_api: false });
+    compose_bundle(dir.path(), Corpus { gateway_api: true });
     let bundle = Bundle::load_dir(dir.path()).unwrap();
     let cluster = Cluster::connect(&server.kubeconfig()).await.unwrap();
 
