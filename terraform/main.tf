@@ -8,7 +8,8 @@
 # (a Talos extension service) bootstraps etcd, unseals the SOPS key, installs
 # Flux and waits until it is Ready. There is deliberately no
 # talos_machine_bootstrap resource: the node bootstraps itself. Once Talos is
-# installed, talos_iso_attached = false ejects and deletes the ISO.
+# installed, talos_iso_attached = false ejects and deletes the ISO (at the latest
+# in the apply that delivers the sealed key: a precondition refuses it otherwise).
 #
 # The SOPS key takes two applies: the first boot enrols the TPM and shows its
 # recipient and salt key name; the operator seals the key to that recipient and
@@ -265,6 +266,13 @@ data "talos_machine_configuration" "this" {
     precondition {
       condition     = var.sops_age_key_sealed == "" || var.tpm_recipient != ""
       error_message = "sops_age_key_sealed is set but tpm_recipient is empty: pin the recipient the key was sealed to (and tpm_salt_key_name), as `bootstrap-agent status` showed them at the first boot."
+    }
+    # A sealed key means the install is done (the first boot has shown the recipient it was
+    # sealed to): the ISO must go in the same apply, or our signed SecureBoot image stays
+    # bootable in the VM with a foreign machine configuration.
+    precondition {
+      condition     = var.sops_age_key_sealed == "" || !var.talos_iso_attached
+      error_message = "sops_age_key_sealed is set but talos_iso_attached is still true: Talos is installed by now (the first boot showed the TPM recipient), so set talos_iso_attached = false in this same apply; it empties the VM's CD-ROM drive and deletes the uploaded ISO, so nobody can boot our signed image with another machine configuration (README, step 6)."
     }
   }
 }

@@ -114,7 +114,7 @@ variable "mac_address" {
 # image-factory/versions.yaml holds them for the Makefile, image-factory, Renovate and Terraform.
 
 variable "talos_iso_attached" {
-  description = "Keep our SecureBoot ISO in the VM's CD-ROM drive. Needed until Talos has installed itself to disk (the first apply); set it to false afterwards (README, step 5): the drive is emptied in place and the uploaded ISO deleted, so nobody can boot our signed image with another machine configuration. Set it to true again only to reinstall from scratch."
+  description = "Keep our SecureBoot ISO in the VM's CD-ROM drive. Needed until Talos has installed itself to disk (the first apply); set it to false afterwards, in the apply that sets sops_age_key_sealed (README, step 6; Terraform refuses a sealed key while the ISO is attached): the drive is emptied in place and the uploaded ISO deleted, so nobody can boot our signed image with another machine configuration. Set it to true again only to reinstall from scratch."
   type        = bool
   default     = true
 }

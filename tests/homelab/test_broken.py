@@ -135,6 +135,89 @@ def test_values_from_a_secret_that_does_not_exist(copy, fixtures):
     assert_found(findings(copy, fixtures), f"{CONTROLLERS}/kyverno/helmrelease.yaml", "HelmRelease kyverno/kyverno", "valuesFrom[0] Secret kyverno/kyverno-values does not exist")
 
 
+def test_values_from_a_key_the_encrypted_secret_does_not_have(copy, fixtures):
+    # valuesKey defaults to values.yaml; the DNS-01 token Secret holds only access-token.
+    edit(copy / f"{CONTROLLERS}/cert-manager/helmrelease.yaml", "  values:\n", "  valuesFrom:\n    - kind: Secret\n      name: digitalocean-token\n  values:\n")
+    assert_found(
+        findings(copy, fixtures),
+        f"{CONTROLLERS}/cert-manager/helmrelease.yaml",
+        "HelmRelease cert-manager/cert-manager",
+        "valuesFrom[0] Secret cert-manager/digitalocean-token has no key values.yaml (keys: access-token)",
+    )
+
+
+def test_decryption_with_a_secret_that_does_not_exist(copy, fixtures):
+    edit_layer(copy, "certificates", "      name: sops-age\n", "      name: sops-key\n")
+    assert_found(
+        findings(copy, fixtures),
+        LAYERS,
+        "Kustomization flux-system/certificates",
+        "spec.decryption.secretRef flux-system/sops-key is neither in the tree nor created by the bootstrap agent",
+    )
+
+
+def test_source_credentials_that_do_not_exist(copy, fixtures):
+    edit(copy / f"{CONTROLLERS}/helm-repositories.yaml", "  url: https://kyverno.github.io/kyverno\n", "  url: https://kyverno.github.io/kyverno\n  secretRef:\n    name: kyverno-auth\n")
+    assert_found(
+        findings(copy, fixtures),
+        f"{CONTROLLERS}/helm-repositories.yaml",
+        "HelmRepository flux-system/kyverno",
+        "spec.secretRef Secret flux-system/kyverno-auth does not exist in the tree",
+    )
+
+
+def test_chart_ref_to_a_source_that_does_not_exist(copy, fixtures):
+    path = copy / f"{CONTROLLERS}/kyverno/helmrelease.yaml"
+    text = path.read_text()
+    start, end = text.index("  chart:\n"), text.index("  install:\n")
+    path.write_text(text[:start] + "  chartRef:\n    kind: OCIRepository\n    name: kyverno\n    namespace: flux-system\n" + text[end:])
+    assert_found(findings(copy, fixtures), f"{CONTROLLERS}/kyverno/helmrelease.yaml", "HelmRelease kyverno/kyverno", "chartRef OCIRepository flux-system/kyverno does not exist in the tree")
+
+
+def test_kustomization_source_that_does_not_exist(copy, fixtures):
+    edit_layer(copy, "apps", "    name: flux-system\n", "    name: flux-sytem\n")
+    assert_found(findings(copy, fixtures), LAYERS, "Kustomization flux-system/apps", "sourceRef GitRepository flux-system/flux-sytem does not exist in the tree")
+
+
+def test_gateway_of_a_class_that_does_not_exist(copy, fixtures):
+    edit(copy / GATEWAY, "gatewayClassName: traefik\n", "gatewayClassName: traefk\n")
+    assert_found(findings(copy, fixtures), GATEWAY, "Gateway traefik/traefik-gateway", "gatewayClassName 'traefk' names no GatewayClass in the tree (GatewayClasses: traefik)")
+
+
+def test_route_backend_that_does_not_exist(copy, fixtures):
+    edit(copy / ROUTE, "        - name: whoami\n", "        - name: whoami-v2\n")
+    assert_found(findings(copy, fixtures), ROUTE, "HTTPRoute whoami/whoami", "backendRef Service whoami/whoami-v2 does not exist in the tree")
+
+
+GRANT = """apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata:
+  name: gateway-certificates
+  namespace: cert-manager
+spec:
+  from:
+    - group: gateway.networking.k8s.io
+      kind: Gateway
+      namespace: traefik
+  to:
+    - group: ""
+      kind: Secret
+"""
+
+
+def test_certificate_in_another_namespace_without_a_reference_grant(copy, fixtures):
+    # The wildcard Certificate and its Secret move to cert-manager; the Gateway in traefik
+    # refers to it across namespaces.
+    edit(copy / f"{CERTS}/certificate.yaml", "  namespace: traefik\n", "  namespace: cert-manager\n")
+    edit(copy / GATEWAY, "          - kind: Secret\n            name: wildcard-tls\n", "          - kind: Secret\n            name: wildcard-tls\n            namespace: cert-manager\n")
+    message = "Gateway traefik/traefik-gateway listener websecure: certificateRef Secret cert-manager/wildcard-tls is in another namespace and no ReferenceGrant there allows it"
+    assert_found(findings(copy, fixtures), GATEWAY, message)
+    # A ReferenceGrant in the Secret's namespace allows it: the finding goes away.
+    (copy / f"{CERTS}/reference-grant.yaml").write_text(GRANT)
+    edit(copy / f"{CERTS}/kustomization.yaml", "  - certificate.yaml\n", "  - certificate.yaml\n  - reference-grant.yaml\n")
+    assert not any(message in f for f in findings(copy, fixtures))
+
+
 def test_depends_on_cycle(copy, fixtures):
     edit_layer(copy, "infra-controllers", "    - name: gateway-api\n", "    - name: gateway-api\n    - name: apps\n")
     assert_found(findings(copy, fixtures), LAYERS, "dependsOn cycle", "flux-system/apps", "flux-system/infra-controllers")
@@ -366,11 +449,57 @@ def test_flux_pinned_at_another_digest_than_the_bundle(copy, fixtures):
     assert_found(findings(copy, fixtures), "agent/bundle/bundle.lock.yaml", "Flux is pinned at different digests", git, lock, "bundle refresh")
 
 
+def test_the_bundle_lock_pins_a_flux_digest_git_does_not(copy, fixtures):
+    lock = "sha256:" + "2" * 64
+    edit(copy / "agent/bundle/bundle.lock.yaml", "    oci: ghcr.io/fluxcd/flux-manifests\n", f"    oci: ghcr.io/fluxcd/flux-manifests\n    digest: {lock}\n")
+    assert_found(
+        findings(copy, fixtures),
+        "kubernetes/flux-system/flux-components.yaml",
+        "OCIRepository flux-system/flux-components",
+        f"the bundle lock pins flux-components at {lock}",
+        "ref.digest is unset",
+    )
+
+
+def test_git_pins_a_flux_digest_the_bundle_lock_does_not(copy, fixtures):
+    git = "sha256:" + "1" * 64
+    edit(copy / "kubernetes/flux-system/flux-components.yaml", "    tag: v2.9.4\n", f"    tag: v2.9.4\n    digest: {git}\n")
+    assert_found(findings(copy, fixtures), "agent/bundle/bundle.lock.yaml", f"Git pins flux-manifests at {git}", "the bundle lock has no digest")
+
+
 def test_readme_names_another_version(copy, fixtures):
     append(copy / "README.md", "\nThe cluster runs cert-manager v1.20.0.\n")
     found = findings(copy, fixtures)
     line = len((copy / "README.md").read_text().splitlines())
     assert_found(found, f"README.md:{line}", "README says cert-manager v1.20.0, the tree pins v1.21.1")
+
+
+def test_readme_names_another_talos_and_kubernetes(copy, fixtures):
+    edit(copy / "README.md", "Talos (**v1.13.9**)", "Talos (**v1.13.8**)")
+    edit(copy / "README.md", "Kubernetes\n(v1.36.3", "Kubernetes\n(v1.36.2")
+    edit(copy / "README.md", "installer-secureboot:v1.13.9-bootstrap-agent.0.1.0", "installer-secureboot:v1.13.8-bootstrap-agent.0.1.0")
+    found = findings(copy, fixtures)
+    assert_found(found, "README.md:", "README says Talos v1.13.8, the tree pins v1.13.9 (image-factory/versions.yaml)")
+    assert_found(found, "README.md:", "README says Kubernetes v1.36.2, the tree pins v1.36.3 (image-factory/versions.yaml)")
+    assert_found(found, "README.md:", "README says installer tag v1.13.8-bootstrap-agent.0.1.0", "v1.13.9-bootstrap-agent.0.1.0")
+
+
+def test_readme_names_another_traefik_and_kyverno(copy, fixtures):
+    append(copy / "README.md", "\nTraefik v3.6.0 (Traefik chart 41.2.0) and Kyverno v1.18.0 (Kyverno chart 3.8.0).\n")
+    found = findings(copy, fixtures)
+    line = len((copy / "README.md").read_text().splitlines())
+    where = f"README.md:{line}"
+    assert_found(found, where, "README says Traefik v3.6.0, the tree pins v3.7.11 (chart 41.3.0")
+    assert_found(found, where, "README says Traefik chart 41.2.0, the tree pins chart 41.3.0")
+    assert_found(found, where, "README says Kyverno v1.18.0, the tree pins v1.19.0 (chart 3.9.0")
+    assert_found(found, where, "README says Kyverno chart 3.8.0, the tree pins chart 3.9.0")
+
+
+def test_readme_release_lines_are_not_pins(copy, fixtures):
+    """`Talos 1.12+` or `Kyverno 1.18 was …` speak of a release line, not the pin."""
+    append(copy / "README.md", "\nTalos 1.12+ embeds the configuration; Kyverno 1.18 was slower; Traefik chart releases are weekly.\n")
+    line = len((copy / "README.md").read_text().splitlines())
+    assert not any(f"README.md:{line}" in f for f in findings(copy, fixtures))
 
 
 def test_kyverno_on_a_kubernetes_version_it_is_not_tested_on(copy, fixtures):
@@ -379,6 +508,25 @@ def test_kyverno_on_a_kubernetes_version_it_is_not_tested_on(copy, fixtures):
         findings(copy, fixtures),
         f"{CONTROLLERS}/kyverno/helmrelease.yaml",
         "Kyverno v1.19.0 is tested on Kubernetes 1.33 to 1.35, the cluster runs 1.38",
+    )
+
+
+def test_talos_whose_default_kubernetes_is_not_written_down(copy, fixtures):
+    edit(copy / "image-factory/versions.yaml", "talos: v1.13.9\n", "talos: v1.15.0\n")
+    edit(copy / "image-factory/versions.yaml", "kubernetes: v1.36.3\n", "")
+    assert_found(
+        findings(copy, fixtures),
+        "image-factory/versions.yaml",
+        "Talos v1.15.0: its default Kubernetes version is not written down in tests/homelab/compatibility.yaml (talos_default_kubernetes)",
+    )
+
+
+def test_kyverno_bumped_without_re_reading_its_facts(copy, fixtures):
+    edit(copy / f"{CONTROLLERS}/kyverno/helmrelease.yaml", "      version: 3.9.0\n", "      version: 3.10.0\n")
+    assert_found(
+        findings(copy, fixtures),
+        f"{CONTROLLERS}/kyverno/helmrelease.yaml",
+        "HelmRelease kyverno pins chart 3.10.0 but tests/homelab/compatibility.yaml holds the facts of chart 3.9.0",
     )
 
 

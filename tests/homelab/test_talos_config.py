@@ -25,7 +25,9 @@ RECIPIENT = "age1" + "q" * 58
 SALT_KEY_NAME = "000b" + "ab" * 32
 # random_bytes.tpm_factor.hex once applied (Terraform knows it only then).
 FACTOR = "5eed" * 16
-SEALED_VARS = {"sops_age_key_sealed": SEALED, "tpm_recipient": RECIPIENT, "tpm_salt_key_name": SALT_KEY_NAME}
+# The second apply: the sealed key, the pins, and the ISO ejected (main.tf refuses a sealed key
+# while the ISO is attached).
+SEALED_VARS = {"sops_age_key_sealed": SEALED, "tpm_recipient": RECIPIENT, "tpm_salt_key_name": SALT_KEY_NAME, "talos_iso_attached": False}
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +155,69 @@ def test_the_apply_that_delivers_the_sealed_key_reboots_the_node(root):
     assert factor["length"] == 32 and factor["lifecycle"][0]["prevent_destroy"] is True
 
 
+def preconditions(root: Path) -> list[dict]:
+    """The preconditions of data.talos_machine_configuration.this, as python-hcl2 gives them."""
+    import hcl2
+
+    main = hcl2.loads((root / "terraform/main.tf").read_text())
+    for block in main["data"]:
+        body = block.get('"talos_machine_configuration"', {}).get('"this"')
+        if body is not None:
+            (lifecycle,) = body["lifecycle"]
+            return lifecycle["precondition"]
+    raise AssertionError("terraform/main.tf has no data.talos_machine_configuration.this")
+
+
+def iso_precondition(root: Path) -> dict:
+    (found,) = [p for p in preconditions(root) if "var.sops_age_key_sealed" in p["condition"] and "var.talos_iso_attached" in p["condition"]]
+    return found
+
+
+@pytest.mark.parametrize(
+    "sealed, iso_attached, holds",
+    [("", True, True), ("", False, True), (SEALED, False, True), (SEALED, True, False)],
+    ids=["first-apply", "reinstall-pending", "sealed-iso-ejected", "sealed-iso-attached"],
+)
+def test_a_sealed_key_with_the_iso_still_attached_is_refused(root, sealed, iso_attached, holds):
+    """Once the key is sealed the install is done: the signed ISO must not stay bootable."""
+    pre = iso_precondition(root)
+    ev = evaluator(root, sops_age_key_sealed=sealed, talos_iso_attached=iso_attached, tpm_recipient=RECIPIENT)
+    assert ev.expression(pre["condition"], "main.tf: precondition") is holds, pre["condition"]
+    assert "talos_iso_attached = false" in pre["error_message"], pre["error_message"]
+
+
+@pytest.mark.parametrize("pins", [{}, SEALED_VARS], ids=["first-boot", "sealed-key"])
+def test_the_phases_rendered_here_pass_the_sealed_key_preconditions(root, pins):
+    """The variables these tests render with are ones Terraform accepts for the sealed key."""
+    ev = evaluator(root, **pins)
+    for pre in preconditions(root):
+        if "var.sops_age_key_sealed" in pre["condition"]:
+            assert ev.expression(pre["condition"], "main.tf: precondition") is True, pre["error_message"]
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed (mise install gets it)")
+def test_the_real_terraform_evaluates_the_iso_precondition_as_we_do(root, tmp_path):
+    condition = iso_precondition(root)["condition"].strip()
+    assert condition.startswith("${") and condition.endswith("}")
+    cases = [("", True), ("", False), (SEALED, False), (SEALED, True)]
+    outputs = []
+    for i, (sealed, iso) in enumerate(cases):
+        expr = condition[2:-1].replace("var.sops_age_key_sealed", json.dumps(sealed)).replace("var.talos_iso_attached", json.dumps(iso))
+        outputs.append(f'output "c{i}" {{\n  value = {expr}\n}}\n')
+    (tmp_path / "main.tf").write_text("".join(outputs))
+    env = {"TF_CLI_CONFIG_FILE": "/dev/null", "TF_IN_AUTOMATION": "1", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
+    run = subprocess.run(["terraform", "apply", "-auto-approve", "-input=false", "-no-color"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    out = subprocess.run(["terraform", "output", "-json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    theirs = [json.loads(out)[f"c{i}"]["value"] for i in range(len(cases))]
+    ev = tfeval.Evaluator(root / "terraform", {"sops_age_recipient": RECIPIENT})
+    ours = []
+    for sealed, iso in cases:
+        ev.variables.update(sops_age_key_sealed=sealed, talos_iso_attached=iso)
+        ours.append(ev.expression(condition, "main.tf: precondition"))
+    assert ours == theirs == [True, True, True, False]
+
+
 # ----------------------------------------------------------------------------- rules that must bite
 
 
@@ -246,6 +311,43 @@ def test_unknown_template_syntax_fails(tmp_path, template, variables, message):
     with pytest.raises(tfeval.TfError, match=message) as err:
         tfeval.render_template(path, variables)
     assert "t.yaml.tftpl" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "expression, value",
+    [
+        ("!true", False),
+        ("!!false", False),
+        ("true && false", False),
+        ("false || true", True),
+        ("!false && true || false", True),
+        ("false && true || true", True),
+        ('!(var.x == "")', True),
+        ('var.x == "" || !var.flag', False),
+        ('var.x != "" && var.flag', True),
+    ],
+    ids=["not", "not-not", "and", "or", "precedence-not-and-or", "precedence-and-or", "not-parenthesised", "or-with-not", "and-with-vars"],
+)
+def test_logical_operators(tmp_path, expression, value):
+    ev = tfeval.Evaluator(tmp_path, {"x": "set", "flag": True})
+    assert ev.expression(expression, "t.tf") is value
+
+
+@pytest.mark.parametrize(
+    "expression, message",
+    [
+        ('!"yes"', r"Unsuitable value for the operand of !: bool required \(got 'yes'\)"),
+        ("1 && true", r"Unsuitable value for left operand of &&: bool required \(got 1\)"),
+        ("true || null", r"Unsuitable value for right operand of \|\|: bool required \(got None\)"),
+        ('var.x || false', r"Unsuitable value for left operand of \|\|: bool required"),
+    ],
+    ids=["not-string", "and-number", "or-null", "or-string-var"],
+)
+def test_logical_operators_take_bools_only(tmp_path, expression, message):
+    ev = tfeval.Evaluator(tmp_path, {"x": "set"})
+    with pytest.raises(tfeval.TfError, match=message) as err:
+        ev.expression(expression, "t.tf")
+    assert "t.tf" in str(err.value)
 
 
 def test_every_template_is_used_and_every_patch_comes_from_one(root):

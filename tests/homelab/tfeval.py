@@ -10,7 +10,8 @@ unsupported, never a silent guess):
 - ``Evaluator``: the HCL expressions ``terraform/main.tf`` uses to build the patches' inputs:
   literals, string templates, ``var.*`` (defaults from variables.tf, overridable), ``local.*``
   (evaluated lazily, so locals that read resources are never touched), ``path.module``,
-  conditionals, ``==``/``!=``, ``[for x in xs : expr]``, the functions listed in FUNCTIONS, and
+  conditionals, ``==``/``!=``, ``!``/``&&``/``||`` (bool operands only, as Terraform: anything
+  else is "Unsuitable value … bool required"), ``[for x in xs : expr]``, the functions listed in FUNCTIONS, and
   ``TYPE.NAME.ATTR`` of a resource whose values are known only after apply: the caller gives
   them (``resources``), as a plan would show them once applied; an attribute not given is an
   error naming it.
@@ -437,20 +438,28 @@ class _Parser:
             return a if cond else b
         return cond
 
+    def boolean(self, value: Any, operand: str, op: str, live: bool) -> Any:
+        """Terraform's logical operators take bools only (no truthiness, no null)."""
+        if live and not isinstance(value, bool):
+            raise TfError(f"{self.where}: Unsuitable value for {operand} of {op}: bool required (got {value!r})")
+        return value
+
     def or_(self, live: bool) -> Any:
         value = self.and_(live)
         while self.at("op", "||"):
             self.take()
-            right = self.and_(live)
-            value = live and (value or right)
+            left = self.boolean(value, "left operand", "||", live)
+            right = self.boolean(self.and_(live), "right operand", "||", live)
+            value = (left or right) if live else None
         return value
 
     def and_(self, live: bool) -> Any:
         value = self.eq(live)
         while self.at("op", "&&"):
             self.take()
-            right = self.eq(live)
-            value = live and (value and right)
+            left = self.boolean(value, "left operand", "&&", live)
+            right = self.boolean(self.eq(live), "right operand", "&&", live)
+            value = (left and right) if live else None
         return value
 
     def eq(self, live: bool) -> Any:
@@ -465,7 +474,7 @@ class _Parser:
     def unary(self, live: bool) -> Any:
         if self.at("op", "!"):
             self.take()
-            value = self.unary(live)
+            value = self.boolean(self.unary(live), "the operand", "!", live)
             return (not value) if live else None
         return self.postfix(live)
 

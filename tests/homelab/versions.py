@@ -6,8 +6,16 @@ Pins compared:
   the bootstrap agent pre-installs: they must be the chart's own), its URL;
 - Gateway API: the tag of the GitRepository's commit pin (its Renovate annotation), the bundle
   lock's `gateway-api-crds`, its URL;
-- Flux: the `flux-components` OCIRepository tag and the bundle lock's `flux-components`;
-- any `<component> vX.Y.Z` the README mentions.
+- Flux: the `flux-components` OCIRepository tag and the bundle lock's `flux-components`, and
+  their manifest digests: once either side carries one, both carry the same;
+- the versions the README pins (`<component> vX.Y.Z`, also written `<component> (**vX.Y.Z**)`):
+  cert-manager, Gateway API and Flux against the pins above; Talos and Kubernetes against
+  image-factory/versions.yaml (and the installer tag `<talos>-bootstrap-agent.<extension>`);
+  Traefik and Kyverno against their HelmRelease: `<component> chart X.Y.Z` is the chart version,
+  `<component> vX.Y.Z` the application version of that chart (compatibility.yaml, whose chart
+  check_compatibility ties to the HelmRelease's). Only full versions are pins: a release line
+  ("Talos 1.13 rejects …", "Kyverno 1.19 is tested on …", "Talos 1.12+") is a statement about
+  it and not compared.
 """
 
 from __future__ import annotations
@@ -62,18 +70,26 @@ def gateway_api_pin(root: Path, tree: Tree) -> tuple[str, str] | None:
     return None
 
 
-def pinned_talos(root: Path) -> tuple[str, str | None, str]:
-    """(Talos version, Kubernetes version or None, where) from image-factory/versions.yaml, the
-    one place both are pinned (the Makefile, image-factory, Terraform and Renovate read it)."""
-    where = "image-factory/versions.yaml"
-    path = root / where
+VERSIONS_FILE = "image-factory/versions.yaml"
+
+
+def versions_file(root: Path) -> dict[str, str]:
+    """The `key: value` lines of image-factory/versions.yaml, read as the Makefile reads them."""
+    path = root / VERSIONS_FILE
     values: dict[str, str] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             m = re.match(r"^([a-z_]+):\s*(\S+)", line)
             if m:
                 values[m.group(1)] = m.group(2)
-    return values.get("talos", ""), values.get("kubernetes"), where
+    return values
+
+
+def pinned_talos(root: Path) -> tuple[str, str | None, str]:
+    """(Talos version, Kubernetes version or None, where) from image-factory/versions.yaml, the
+    one place both are pinned (the Makefile, image-factory, Terraform and Renovate read it)."""
+    values = versions_file(root)
+    return values.get("talos", ""), values.get("kubernetes"), VERSIONS_FILE
 
 
 def _compare(report: Report, component: str, pins: list[tuple[str, str, str]]) -> None:
@@ -137,6 +153,8 @@ def check_versions(root: Path, tree: Tree) -> Report:
                 BUNDLE_LOCK,
                 f"bundle lock flux-components is {flux_lock.get('oci') or flux_lock.get('url')!r}, but Git's flux-components OCIRepository ({flux.source}) applies {url}: the agent must install the artifact Git owns",
             )
+        # Symmetric: whichever side carries a digest, the other must carry the same one (both
+        # empty is "not pinned yet", which the agent refuses on its own).
         lock_digest = str(flux_lock.get("digest", "") or "")
         if digest and lock_digest and digest != lock_digest:
             report.find(
@@ -148,18 +166,79 @@ def check_versions(root: Path, tree: Tree) -> Report:
                 BUNDLE_LOCK,
                 f"Git pins flux-manifests at {digest} ({flux.source}) but the bundle lock has no digest: run `bootstrap-agent bundle refresh`",
             )
-    readme = root / "README.md"
-    if readme.is_file():
-        text = readme.read_text()
-        known = {"cert-manager": cm[0] if cm else "", "Gateway API": gw[0] if gw else "", "Flux": flux_tag}
-        for component, version in known.items():
-            if not version:
-                continue
-            for m in re.finditer(rf"{re.escape(component)} (v?\d+\.\d+\.\d+)", text):
-                if _norm(m.group(1)) != _norm(version):
-                    line = text.count("\n", 0, m.start()) + 1
-                    report.find(f"README.md:{line}", f"README says {component} {m.group(1)}, the tree pins {version}")
+        if lock_digest and not digest:
+            report.find(
+                flux.source,
+                f"OCIRepository {flux.namespace}/{flux.name}: the bundle lock pins flux-components at {lock_digest} ({BUNDLE_LOCK}) but ref.digest is unset: "
+                "Git follows the tag while the agent installs that digest; copy it into ref.digest",
+            )
+    check_readme(root, tree, report, cm, gw, flux_tag)
     return report
+
+
+# A version right after the component's name: `Talos v1.13.9`, `Talos (**v1.13.9**)`.
+_AFTER_NAME = r"[ \t\n(*`]+"
+_FULL_VERSION = r"(v?\d+\.\d+\.\d+)"
+
+
+def _mentions(text: str, name: str) -> list[re.Match[str]]:
+    words = r"\s+".join(re.escape(w) for w in name.split())
+    return list(re.finditer(rf"(?<![\w/.-]){words}{_AFTER_NAME}{_FULL_VERSION}(?![\w.]*\d)", text))
+
+
+def _readme_line(text: str, m: re.Match[str]) -> str:
+    return f"README.md:{text.count(chr(10), 0, m.start()) + 1}"
+
+
+def check_readme(root: Path, tree: Tree, report: Report, cm: tuple[str, str] | None, gw: tuple[str, str] | None, flux_tag: str) -> None:
+    """The versions the README pins (see the module docstring) against the tree's."""
+    readme = root / "README.md"
+    if not readme.is_file():
+        return
+    text = readme.read_text()
+    pinned = versions_file(root)
+    flux_where = next((o.source for o in tree.by_kind("OCIRepository", "source.toolkit.fluxcd.io") if o.name == "flux-components"), "")
+    # component -> (version, where the tree pins it)
+    known: dict[str, tuple[str, str]] = {
+        "cert-manager": (cm[0], cm[1]) if cm else ("", ""),
+        "Gateway API": (gw[0], gw[1]) if gw else ("", ""),
+        "Flux": (flux_tag, flux_where),
+        "Talos": (pinned.get("talos", ""), VERSIONS_FILE),
+        "Kubernetes": (pinned.get("kubernetes", ""), VERSIONS_FILE),
+    }
+    for component, (version, where) in known.items():
+        if not version:
+            continue
+        for m in _mentions(text, component):
+            if _norm(m.group(1)) != _norm(version):
+                report.find(_readme_line(text, m), f"README says {component} {m.group(1)}, the tree pins {version} ({where})")
+    # The installer tag: <talos>-bootstrap-agent.<extension> (terraform/main.tf, the Makefile).
+    talos, extension = pinned.get("talos", ""), pinned.get("extension", "")
+    if talos and extension:
+        for m in re.finditer(r"(?<![\w.-])(v?\d+\.\d+\.\d+)-bootstrap-agent\.(\d+\.\d+\.\d+)", text):
+            if _norm(m.group(1)) != _norm(talos) or m.group(2) != extension:
+                report.find(
+                    _readme_line(text, m),
+                    f"README says installer tag {m.group(0)}, the tree pins Talos {talos} and extension {extension} ({VERSIONS_FILE}): the tag is {talos}-bootstrap-agent.{extension}",
+                )
+    # Charts: `<component> chart X.Y.Z` is the HelmRelease's chart version; `<component> vX.Y.Z`
+    # the application version of that chart as compatibility.yaml writes it down.
+    facts = compatibility()
+    for component, chart, app_key in (("Traefik", "traefik", "proxy"), ("Kyverno", "kyverno", "app")):
+        release = _helm_chart_version(tree, chart)
+        if release is None:
+            continue
+        chart_facts = facts.get(chart) or {}
+        app = str(chart_facts.get(app_key, "")) if str(chart_facts.get("chart")) == release[0] else ""
+        for m in _mentions(text, f"{component} chart"):
+            if _norm(m.group(1)) != _norm(release[0]):
+                report.find(_readme_line(text, m), f"README says {component} chart {m.group(1)}, the tree pins chart {release[0]} ({release[1]})")
+        for m in _mentions(text, component):
+            if app and _norm(m.group(1)) != _norm(app):
+                report.find(
+                    _readme_line(text, m),
+                    f"README says {component} {m.group(1)}, the tree pins {app} (chart {release[0]}, {release[1]}; its appVersion in tests/homelab/compatibility.yaml)",
+                )
 
 
 def _url_version(url: Any) -> str:
