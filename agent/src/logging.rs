@@ -28,11 +28,10 @@ fn filter(rust_log: Option<&str>) -> Targets {
     targets
 }
 
-/// Whether a directive in `RUST_LOG` names kube's crates (`kube`, `kube_client`, …).
+/// Whether a directive in `RUST_LOG` names kube's crates (`kube_client=debug`, or a bare
+/// `kube_client`, which enables every level of it).
 fn names_kube(rust_log: &str) -> bool {
-    rust_log
-        .split(',')
-        .any(|d| d.trim().starts_with("kube") && d.contains('='))
+    rust_log.split(',').any(|d| d.trim().starts_with("kube"))
 }
 
 /// Installs the global subscriber. Safe to call once per process.
@@ -93,6 +92,8 @@ mod tests {
     fn naming_kube_brings_its_client_back() {
         let f = filter(Some("info,kube_client=debug"));
         assert!(enabled(&f, "kube_client::client::builder", Level::DEBUG));
+        let f = filter(Some("info,kube_client"));
+        assert!(enabled(&f, "kube_client::client", Level::ERROR));
     }
 
     #[test]
