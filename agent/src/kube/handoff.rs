@@ -17,11 +17,11 @@
 //! Letting go before the new owner has applied would delete fields only the agent set, so an
 //! object is released only when it has a `kustomize-controller` Apply entry and is in a
 //! Kustomization's inventory (or, for CRDs that a HelmRelease installs, when another manager
-//! owns it too). A Flux component the agent created that no Kustomization lists once every
-//! Kustomization in Flux's namespace is Ready, and once an inventory lists Flux's components at
-//! all, is not in Git: the agent deletes it (only objects
-//! carrying its label; never CRDs or Namespaces, whose deletion would take data with them). One
-//! that lost the label, and a CRD or Namespace Git does not have, is left as it is and reported.
+//! owns it too). A Flux component the agent created that no Kustomization lists, once every
+//! Kustomization in Flux's namespace is Ready and an inventory lists Flux's components at all,
+//! is not in Git: the agent deletes it (only objects carrying its label, and only as it saw
+//! them; never CRDs or Namespaces, whose deletion would take data with them). One that lost the
+//! label, and a CRD or Namespace Git does not have, is left as it is and reported.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -150,6 +150,7 @@ impl Candidate<'_> {
             message,
         )
     }
+
     fn inventory_id(&self) -> String {
         inventory_id(
             self.namespace.as_deref().unwrap_or_default(),
