@@ -137,10 +137,11 @@ async fn flux_applies_git(server: &ApiServer, bundle: &Bundle) {
         .await;
     // The gateway-api layer: kustomize-controller applies the Gateway API's CRDs from the
     // tagged source (kubernetes/flux-system/gateway-api.yaml, `prune: false`).
+    let gateway_api = |m: &&Manifest| m.name().ends_with(".gateway.networking.k8s.io");
     let gateway: Vec<Value> = bundle
         .crds
         .iter()
-        .filter(|m| m.is_crd() && m.name().ends_with(".gateway.networking.k8s.io"))
+        .filter(|m| m.is_crd() && gateway_api(m))
         .map(Manifest::object)
         .collect();
     assert!(!gateway.is_empty(), "the bundle has the Gateway API's CRDs");
@@ -150,11 +151,7 @@ async fn flux_applies_git(server: &ApiServer, bundle: &Bundle) {
             "v1.6.1@sha1:8bb74df00e56ec8f944d48c25e6c1c9c2f6848e3",
         )
         .await;
-    for crd in bundle
-        .crds
-        .iter()
-        .filter(|m| m.is_crd() && !m.name().ends_with(".gateway.networking.k8s.io"))
-    {
+    for crd in bundle.crds.iter().filter(|m| m.is_crd() && !gateway_api(m)) {
         let (code, body) = server
             .apply_raw(
                 &ObjectRef::crd(crd.name()),
@@ -409,20 +406,13 @@ async fn after_flux_takes_over_the_agent_owns_nothing_and_the_next_boot_changes_
     assert!(matches!(r, Readiness::Ready(_)), "{r:?}");
     let again = cluster.hand_over(&bundle, &sync()).await.unwrap();
     assert_eq!(again.pending, 0, "{again:#?}");
-    assert!(
-        again
-            .reports
-            .iter()
-            .all(|r| r.state == ObjectState::Kept && r.name == "allow-webhooks"),
-        "{again:#?}"
-    );
-    let sent: Vec<String> = server
-        .agent_requests_since(cursor)
-        .await
-        .into_iter()
-        .filter(|r| r.is_mutating())
-        .map(|r| r.to_string())
+    let kept: Vec<(&str, ObjectState)> = again
+        .reports
+        .iter()
+        .map(|r| (r.name.as_str(), r.state))
         .collect();
+    assert_eq!(kept, [("allow-webhooks", ObjectState::Kept)], "{again:#?}");
+    let sent = server.agent_mutations_since(cursor).await;
     assert!(sent.is_empty(), "the next boot mutated: {sent:#?}");
 
     // A new Git URL and branch in the agent's configuration after the hand-over: Git owns the
@@ -444,13 +434,7 @@ async fn after_flux_takes_over_the_agent_owns_nothing_and_the_next_boot_changes_
         "{git}"
     );
     boot(&cluster, &bundle, &moved).await;
-    let sent: Vec<String> = server
-        .agent_requests_since(cursor)
-        .await
-        .into_iter()
-        .filter(|r| r.is_mutating())
-        .map(|r| r.to_string())
-        .collect();
+    let sent = server.agent_mutations_since(cursor).await;
     assert!(sent.is_empty(), "{sent:#?}");
     let live = server
         .get(&ObjectRef::new(

@@ -150,17 +150,6 @@ async fn full_run(e: &Env) -> (Vec<bootstrap_agent::kube::SecretReport>, Readine
     (s, r)
 }
 
-/// The agent's mutating requests since `cursor`, as the API server recorded them.
-async fn mutations_since(server: &ApiServer, cursor: usize) -> Vec<String> {
-    server
-        .agent_requests_since(cursor)
-        .await
-        .into_iter()
-        .filter(|r| r.is_mutating())
-        .map(|r| r.to_string())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_boot_reaches_ready_and_reruns_send_no_mutating_request() {
     let e = env(true).await;
@@ -270,7 +259,7 @@ async fn first_boot_reaches_ready_and_reruns_send_no_mutating_request() {
     let cursor = e.server.cursor().await;
     let (s, _) = full_run(&e).await;
     assert_eq!(s[0].outcome, SecretOutcome::Unchanged);
-    let sent = mutations_since(&e.server, cursor).await;
+    let sent = e.server.agent_mutations_since(cursor).await;
     assert!(sent.is_empty(), "the rerun mutated: {sent:#?}");
 
     play_controllers(&e.server).await;
@@ -290,7 +279,7 @@ async fn first_boot_reaches_ready_and_reruns_send_no_mutating_request() {
     let cursor = e.server.cursor().await;
     let (_, r) = full_run(&e).await;
     assert!(matches!(r, Readiness::Ready(_)), "{r:?}");
-    let sent = mutations_since(&e.server, cursor).await;
+    let sent = e.server.agent_mutations_since(cursor).await;
     assert!(sent.is_empty(), "the rerun mutated: {sent:#?}");
     let all = e.server.agent_requests_since(cursor).await;
     assert!(!all.is_empty(), "the rerun did look at the cluster");
@@ -334,7 +323,7 @@ async fn an_existing_sops_age_with_other_content_is_left_untouched() {
     assert_eq!(r[0].outcome, SecretOutcome::Differs);
     assert!(r[0].to_string().contains("left untouched"), "{}", r[0]);
     assert!(!format!("{r:?}").contains("AGE-SECRET"));
-    let sent = mutations_since(&e.server, cursor).await;
+    let sent = e.server.agent_mutations_since(cursor).await;
     assert!(sent.is_empty(), "{sent:#?}");
     assert_eq!(e.server.get(&sops_age_ref()).await.unwrap(), before);
 
@@ -579,7 +568,7 @@ async fn the_api_server_killed_for_a_minute_mid_apply_is_ridden_out() {
         .install_crds(&e.bundle, Duration::from_secs(60))
         .await
         .unwrap();
-    let sent = mutations_since(&e.server, cursor).await;
+    let sent = e.server.agent_mutations_since(cursor).await;
     assert!(sent.is_empty(), "{sent:#?}");
 }
 

@@ -34,7 +34,6 @@ async fn tls_kubeconfig_with_client_certificate_works_and_a_wrong_ca_is_refused(
 
     // The real kubectl accepts the agent's kubeconfig, and sees what the agent wrote.
     let kc = server.kubeconfig_path();
-    std::fs::write(&kc, server.kubeconfig()).unwrap();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("kubectl")
             .arg("--kubeconfig")

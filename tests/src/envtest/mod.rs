@@ -387,6 +387,17 @@ impl ApiServer {
     }
 
     /// The agent's mutating requests since the start or the last [`ApiServer::reset_counts`].
+    /// The agent's mutating requests since `cursor`, as the API server recorded them (one line
+    /// each, for an assertion message).
+    pub async fn agent_mutations_since(&self, cursor: usize) -> Vec<String> {
+        self.agent_requests_since(cursor)
+            .await
+            .into_iter()
+            .filter(audit::Request::is_mutating)
+            .map(|r| r.to_string())
+            .collect()
+    }
+
     pub async fn agent_mutations(&self) -> Vec<audit::Request> {
         self.agent_requests()
             .await
