@@ -195,6 +195,17 @@ def test_the_phases_rendered_here_pass_the_sealed_key_preconditions(root, pins):
             assert ev.expression(pre["condition"], "main.tf: precondition") is True, pre["error_message"]
 
 
+def terraform_outputs(workdir: Path, outputs: list[str]) -> dict:
+    """The real terraform's values for `output` blocks, applied in an empty module (no providers,
+    no network)."""
+    (workdir / "main.tf").write_text("".join(outputs))
+    env = {"TF_CLI_CONFIG_FILE": "/dev/null", "TF_IN_AUTOMATION": "1", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(workdir)}
+    run = subprocess.run(["terraform", "apply", "-auto-approve", "-input=false", "-no-color"], cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    out = subprocess.run(["terraform", "output", "-json"], cwd=workdir, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    return {name: o["value"] for name, o in json.loads(out).items()}
+
+
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed (mise install gets it)")
 def test_the_real_terraform_evaluates_the_iso_precondition_as_we_do(root, tmp_path):
     condition = iso_precondition(root)["condition"].strip()
@@ -204,12 +215,8 @@ def test_the_real_terraform_evaluates_the_iso_precondition_as_we_do(root, tmp_pa
     for i, (sealed, iso) in enumerate(cases):
         expr = condition[2:-1].replace("var.sops_age_key_sealed", json.dumps(sealed)).replace("var.talos_iso_attached", json.dumps(iso))
         outputs.append(f'output "c{i}" {{\n  value = {expr}\n}}\n')
-    (tmp_path / "main.tf").write_text("".join(outputs))
-    env = {"TF_CLI_CONFIG_FILE": "/dev/null", "TF_IN_AUTOMATION": "1", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
-    run = subprocess.run(["terraform", "apply", "-auto-approve", "-input=false", "-no-color"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    out = subprocess.run(["terraform", "output", "-json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
-    theirs = [json.loads(out)[f"c{i}"]["value"] for i in range(len(cases))]
+    values = terraform_outputs(tmp_path, outputs)
+    theirs = [values[f"c{i}"] for i in range(len(cases))]
     ev = tfeval.Evaluator(root / "terraform", {"sops_age_recipient": RECIPIENT})
     ours = []
     for sealed, iso in cases:
@@ -367,13 +374,8 @@ def test_the_real_terraform_renders_the_same_patches(root, tmp_path):
     outputs = []
     for i, (path, variables) in enumerate(ev.template_calls):
         outputs.append(f'output "p{i}" {{\n  value = templatefile({json.dumps(str(path))}, jsondecode({json.dumps(tfeval.jsonencode(variables))}))\n}}\n')
-    (tmp_path / "main.tf").write_text("".join(outputs))
-    env = {"TF_CLI_CONFIG_FILE": "/dev/null", "TF_IN_AUTOMATION": "1", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
-    run = subprocess.run(["terraform", "apply", "-auto-approve", "-input=false", "-no-color"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    out = subprocess.run(["terraform", "output", "-json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
-    theirs = json.loads(out)
-    assert [theirs[f"p{i}"]["value"] for i in range(len(ours))] == ours
+    theirs = terraform_outputs(tmp_path, outputs)
+    assert [theirs[f"p{i}"] for i in range(len(ours))] == ours
 
 
 def test_a_resource_attribute_known_only_after_apply_must_be_given(root):
