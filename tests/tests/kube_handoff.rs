@@ -447,3 +447,73 @@ async fn after_flux_takes_over_the_agent_owns_nothing_and_the_next_boot_changes_
         .unwrap();
     assert_eq!(live["spec"]["url"], URL, "Git's value stays");
 }
+
+/// What the hand-over's delete relies on, asked of the real API server: a delete whose UID or
+/// resourceVersion precondition no longer holds is refused with 409 and deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_with_stale_preconditions_is_refused_with_409() {
+    use kube::api::{Api, DeleteParams, Preconditions};
+    use kube::core::DynamicObject;
+
+    let server = ApiServer::start().await;
+    let cm = ObjectRef::new("", "configmaps", "flux-system", "seen");
+    server
+        .create_as(
+            &ObjectRef::new("", "namespaces", "", "flux-system"),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}}),
+            "test",
+        )
+        .await;
+    let seen = server
+        .create_as(
+            &cm,
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "seen", "namespace": "flux-system"}, "data": {"a": "1"}}),
+            "test",
+        )
+        .await;
+    let (code, body) = server
+        .json_patch(
+            &cm,
+            &json!([{"op": "add", "path": "/data/b", "value": "2"}]),
+            "someone-else",
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+
+    let resource =
+        kube::discovery::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(server.admin(), "flux-system", &resource);
+    let uid = seen["metadata"]["uid"].as_str().map(str::to_string);
+    let stale = |uid: Option<String>, rv: Option<String>| {
+        DeleteParams::background().preconditions(Preconditions {
+            uid,
+            resource_version: rv,
+        })
+    };
+    for params in [
+        stale(
+            uid.clone(),
+            seen["metadata"]["resourceVersion"]
+                .as_str()
+                .map(str::to_string),
+        ),
+        stale(Some("00000000-0000-0000-0000-000000000000".into()), None),
+    ] {
+        match api.delete("seen", &params).await {
+            Err(kube::Error::Api(s)) => assert_eq!(s.code, 409, "{s:?}"),
+            other => panic!("a stale precondition must be refused: {other:?}"),
+        }
+        assert!(server.get(&cm).await.is_some(), "nothing deleted");
+    }
+    let live = server.get(&cm).await.unwrap();
+    let current = stale(
+        uid,
+        live["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string),
+    );
+    api.delete("seen", &current)
+        .await
+        .expect("current preconditions");
+}
